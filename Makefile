@@ -1,0 +1,73 @@
+# Corruption detector: train -> archive -> serve with TorchServe. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+WEIGHTS ?= weights/model.pt
+VERSION ?= 1.0
+DATA ?= ../shared/data/cifar10-subset/train
+EPOCHS ?= 40
+MAR := model_store/corruption.mar
+# Runtime files of `make start`/`stop` (pid file, logs): both must use the same TMPDIR.
+TS_HOME := $(CURDIR)/.torchserve
+TS_ENV := TMPDIR=$(TS_HOME)/tmp LOG_LOCATION=$(TS_HOME)/logs METRICS_LOCATION=$(TS_HOME)/logs OMP_NUM_THREADS=1
+TS_ARGS := --ncs --ts-config config.properties --model-store model_store
+INFERENCE := http://127.0.0.1:8080
+MANAGEMENT := http://127.0.0.1:8081
+
+.PHONY: help install train archive serve start stop predict test lint bench soak
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+install: $(INSTALLED)  ## create .venv with the pinned dependencies (idempotent)
+
+$(INSTALLED): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+train: install  ## train a model: DATA=folder|cifar10 EPOCHS=40 -> weights/
+	$(BIN)/python -m training.train --data $(DATA) --epochs $(EPOCHS) --out weights
+
+archive: install  ## build model_store/corruption.mar (VERSION=2.0 -> corruption-2.0.mar) from WEIGHTS
+	$(BIN)/python -m training.archive --weights $(WEIGHTS) --version $(VERSION)
+
+$(MAR): $(INSTALLED) $(WEIGHTS) handler/corruption_handler.py handler/model-config.yaml $(wildcard training/*.py)
+	$(BIN)/python -m training.archive --weights $(WEIGHTS) --version 1.0
+
+serve: $(MAR)  ## serve the default model in the foreground (Ctrl-C stops it)
+	mkdir -p $(TS_HOME)/tmp
+	$(TS_ENV) exec $(BIN)/torchserve --start --foreground $(TS_ARGS)
+
+start: $(MAR)  ## start TorchServe in the background and wait until the model answers
+	mkdir -p $(TS_HOME)/tmp
+	$(TS_ENV) $(BIN)/torchserve --start $(TS_ARGS)
+	@for i in $$(seq 240); do \
+	    curl -sf $(MANAGEMENT)/models/corruption | grep -q '"READY"' && { echo "TorchServe is ready on $(INFERENCE)"; exit 0; }; \
+	    sleep 1; done; echo "TorchServe did not become ready; see $(TS_HOME)/logs" >&2; exit 1
+
+stop:  ## stop the background TorchServe and wait until it is gone
+	$(TS_ENV) $(BIN)/torchserve --stop --foreground
+	@while curl -s -o /dev/null $(INFERENCE)/ping; do sleep 0.5; done; echo "TorchServe is gone"
+
+predict:  ## score one image on the running server: make predict FILE=photo.jpg
+	@test -n "$(FILE)" || { echo "usage: make predict FILE=path/to/image" >&2; exit 2; }
+	curl -s -X POST $(INFERENCE)/predictions/corruption -T "$(FILE)"; echo
+
+test: install  ## install, lint, and run all tests (unit + real TorchServe)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q
+
+lint: install  ## ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install  ## print the serving benchmark table (in-process limit, TorchServe, naive FastAPI server)
+	$(BIN)/python -m bench.run
+
+soak: install  ## sustained mixed good/bad load on a real TorchServe: zero 5xx, bounded worker memory
+	$(BIN)/python -m bench.soak

@@ -1,0 +1,38 @@
+"""Shared fixtures: the data subset, the shipped weights, built archives and a real TorchServe."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.torchserve_process import ROOT, TorchServe, start_torchserve
+from training.archive import build_archive
+
+SUBSET = ROOT.parent / "shared" / "data" / "cifar10-subset"
+SHIPPED_WEIGHTS = ROOT / "weights" / "model.pt"
+
+
+@pytest.fixture(scope="session")
+def subset() -> Path:
+    """The lossless CIFAR-10 subset laid beside the project (../shared/data)."""
+    assert SUBSET.is_dir(), f"test data missing: {SUBSET}"
+    return SUBSET
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store with the shipped model as version 1.0 (corruption.mar) and 2.0."""
+    store = tmp_path_factory.mktemp("model_store")
+    build_archive(SHIPPED_WEIGHTS, "1.0", store)
+    build_archive(SHIPPED_WEIGHTS, "2.0", store)
+    return store
+
+
+@pytest.fixture(scope="session")
+def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> TorchServe:
+    """A real TorchServe serving corruption.mar; stopped whatever the tests did."""
+    server = start_torchserve(model_store, tmp_path_factory.mktemp("torchserve"))
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

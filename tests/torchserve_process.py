@@ -1,0 +1,130 @@
+"""Start a real TorchServe (Java frontend + Python workers) on free loopback ports, and stop it for sure."""
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+TORCHSERVE = Path(sys.executable).with_name("torchserve")
+PORT_KEYS = ("inference_address", "management_address", "metrics_address")
+GRPC_PORT_KEYS = ("grpc_inference_port", "grpc_management_port")
+
+
+def free_port() -> int:
+    """A TCP port that is free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class TorchServe:
+    """A running server started by `start_torchserve`."""
+
+    process: subprocess.Popen
+    urls: dict[str, str]
+    workdir: Path
+
+    @property
+    def inference(self) -> str:
+        return self.urls["inference_address"]
+
+    @property
+    def management(self) -> str:
+        return self.urls["management_address"]
+
+    @property
+    def metrics(self) -> str:
+        return self.urls["metrics_address"]
+
+    def log(self) -> str:
+        """The frontend's and workers' log so far (for failure messages)."""
+        return "".join(path.read_text(errors="replace") for path in sorted(self.workdir.glob("logs/*.log")))
+
+    def wait_ready(self, model: str = "corruption", timeout: float = 240) -> None:
+        """Wait until every worker of `model` is READY: /ping is Healthy long before that."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"TorchServe exited with {self.process.returncode}:\n{self.log()[-5000:]}")
+            try:
+                description = requests.get(f"{self.management}/models/{model}", timeout=5).json()[0]
+                workers = description.get("workers", [])
+                if workers and all(w["status"] == "READY" for w in workers):
+                    return
+            except (requests.RequestException, ValueError, KeyError, IndexError):
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"model {model} not ready after {timeout}s:\n{self.log()[-5000:]}")
+
+    def stop(self, timeout: float = 60) -> None:
+        """Terminate the whole process group (launcher, Java, workers), then kill what is left."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+def write_config(model_store: Path, workdir: Path, base: Path = ROOT / "config.properties") -> tuple[Path, dict]:
+    """The project's config.properties with free loopback ports (HTTP and gRPC) and the given model store."""
+    text = base.read_text()
+    urls = {}
+    for key in PORT_KEYS:
+        urls[key] = f"http://127.0.0.1:{free_port()}"
+        text, count = re.subn(rf"^{key}=.*$", f"{key}={urls[key]}", text, flags=re.M)
+        assert count == 1, f"{key} missing from {base}"
+    for key in GRPC_PORT_KEYS:
+        text, count = re.subn(rf"^{key}=.*$", f"{key}={free_port()}", text, flags=re.M)
+        assert count == 1, f"{key} missing from {base}"
+    text = re.sub(r"^model_store=.*$", f"model_store={model_store}", text, flags=re.M)
+    # Relative to the repository root, where `make serve` starts TorchServe; the test server runs elsewhere.
+    text = re.sub(r"^metrics_config=(.*)$", lambda match: f"metrics_config={ROOT / match[1]}", text, flags=re.M)
+    # Worker sockets are named /tmp/.ts.sock.<9000+n> after java.io.tmpdir: give each server its own.
+    text = re.sub(r"^(vmargs=.*)$", rf"\1 -Djava.io.tmpdir={workdir / 'tmp'}", text, flags=re.M)
+    path = workdir / "config.properties"
+    path.write_text(text)
+    return path, urls
+
+
+def start_torchserve(model_store: Path, workdir: Path) -> TorchServe:
+    """Start TorchServe in its own process group; logs, sockets and temp files stay under `workdir`."""
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    config, urls = write_config(model_store, workdir)
+    env = dict(
+        os.environ,
+        TMPDIR=str(workdir / "tmp"),
+        LOG_LOCATION=str(workdir / "logs"),
+        METRICS_LOCATION=str(workdir / "logs"),
+        OMP_NUM_THREADS="1",
+    )
+    with open(workdir / "console.log", "wb") as console:
+        process = subprocess.Popen(
+            [
+                str(TORCHSERVE),
+                "--start",
+                "--foreground",
+                "--ncs",
+                "--ts-config",
+                str(config),
+                "--model-store",
+                str(model_store),
+            ],
+            cwd=workdir,
+            env=env,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return TorchServe(process, urls, workdir)
