@@ -1,22 +1,36 @@
 """TorchServe adapter: TorchServe's requests in, the API schema out, nothing else.
 
 All image and model logic lives in the `training` package (packed into the
-.mar next to this file); this class only reads request bodies, sets per-item
-HTTP status codes through TorchServe's public Context API, and reads its
-settings from the archive's model-config.yaml (`handler:` section).
+.mar next to this file); this class only reads request bodies, routes
+explanation requests (POST /explanations/<model>) to Grad-CAM, sets per-item
+HTTP status codes and reports metrics through TorchServe's public Context API,
+and reads its settings from the archive's model-config.yaml (`handler:` section).
 """
 
 import base64
 import binascii
+import time
 from pathlib import Path
 
 import torch
+from ts.metrics.dimension import Dimension
+from ts.metrics.metric_type_enum import MetricTypes
 
-from training.inference import CorruptionDetector, error_body
+from training.explain import GradCamExplainer
+from training.inference import CorruptionDetector, Prepared, Result, error_body, prepare, run_on_inputs
 from training.preprocessing import BadImageError
 
 # Where TorchServe puts a request's payload: raw body, or a multipart field.
 PAYLOAD_KEYS = ("data", "body", "file", "image")
+# The frontend marks each request of a batch: "explain" is "True" for /explanations, "False" for /predictions.
+EXPLAIN_HEADER = "explain"
+# Custom metrics, declared (names, types, dimensions) in observability/metrics.yaml: TorchServe drops
+# undeclared backend metrics. Labels are the dimensions plus ModelName, Level and Hostname.
+PREDICTIONS = "corruption_predictions_total"
+CORRUPTED_PROBABILITY = "corruption_corrupted_probability"
+PREPROCESS_SECONDS = "corruption_preprocess_seconds"
+HANDLER_SECONDS = "corruption_handler_seconds"
+BAD_INPUTS = "corruption_bad_inputs_total"
 
 
 def _decode_base64(text: str) -> bytes:
@@ -50,11 +64,50 @@ def request_bytes(row: dict) -> bytes:
     raise BadImageError("unsupported_json", 'a JSON body must be a base64 string or {"data": "<base64 image>"}')
 
 
+def read_payload(row: dict) -> bytes | BadImageError:
+    """The image bytes of one request, or why it has none."""
+    try:
+        return request_bytes(row)
+    except BadImageError as error:
+        return error
+
+
+def is_explanation(context, index: int) -> bool:
+    """Whether request `index` of the batch came in through the explanations API."""
+    return context.get_request_header(index, EXPLAIN_HEADER) == "True"
+
+
+def _observe(metrics, name: str, value: float, unit: str, index: int, dimensions: list[Dimension]) -> None:
+    metrics.add_metric(name, value, unit, idx=index, dimensions=dimensions, metric_type=MetricTypes.HISTOGRAM)
+
+
+def record_metrics(
+    metrics, payloads: list, prepared: list[Prepared], results: list[Result], explain: list[bool], seconds: float
+) -> None:
+    """One observation per request: label and probability, or refusal reason; preprocessing and handler time.
+
+    Every request of a batch waited for the whole batch, so each gets the batch's handler time.
+    """
+    if metrics is None:  # TorchServe always sets one; a Context built in-process may not
+        return
+    for index, (payload, item, result) in enumerate(zip(payloads, prepared, results, strict=True)):
+        endpoint = "explanations" if explain[index] else "predictions"
+        _observe(metrics, HANDLER_SECONDS, seconds, "Seconds", index, [Dimension("endpoint", endpoint)])
+        if not isinstance(payload, BadImageError):
+            _observe(metrics, PREPROCESS_SECONDS, item.seconds, "Seconds", index, [])
+        if isinstance(result, BadImageError):
+            metrics.add_counter(BAD_INPUTS, 1, idx=index, dimensions=[Dimension("reason", result.reason)])
+        else:
+            metrics.add_counter(PREDICTIONS, 1, idx=index, dimensions=[Dimension("label", result["label"])])
+            _observe(metrics, CORRUPTED_PROBABILITY, result["probs"]["corrupted"], "Probability", index, [])
+
+
 class CorruptionHandler:
     """Custom TorchServe service: initialize once per worker, handle one (dynamic) batch per call."""
 
     def __init__(self) -> None:
         self.detector: CorruptionDetector | None = None
+        self.explainer: GradCamExplainer | None = None
 
     def initialize(self, context) -> None:
         """Load the checkpoint named in the archive's manifest, with the configured thread count."""
@@ -66,20 +119,30 @@ class CorruptionHandler:
         device = f"cuda:{gpu}" if gpu is not None and torch.cuda.is_available() else "cpu"
         weights = Path(properties["model_dir"]) / context.manifest["model"]["serializedFile"]
         self.detector = CorruptionDetector(weights, device)
+        self.explainer = GradCamExplainer(self.detector)
+
+    def run(self, prepared: list[Prepared], explain: list[bool]) -> list[Result]:
+        """Predictions and explanations of one batch, each kind in one pass, back in request order."""
+        runners = {False: self.detector.predict_inputs, True: self.explainer.explain_inputs}
+        answers = {
+            kind: iter(run_on_inputs([item for item, e in zip(prepared, explain, strict=True) if e is kind], run))
+            for kind, run in runners.items()
+        }
+        return [next(answers[kind]) for kind in explain]
 
     def handle(self, data: list[dict], context) -> list[dict]:
         """One JSON body per request; refused inputs get their own 400 and the others still succeed."""
-        payloads: list[bytes | BadImageError] = []
-        for row in data:
-            try:
-                payloads.append(request_bytes(row))
-            except BadImageError as error:
-                payloads.append(error)
+        start = time.perf_counter()
+        payloads = [read_payload(row) for row in data]
+        prepared = [prepare(payload) for payload in payloads]
+        explain = [is_explanation(context, index) for index in range(len(data))]
+        results = self.run(prepared, explain)
         responses = []
-        for index, result in enumerate(self.detector.predict(payloads)):
+        for index, result in enumerate(results):
             if isinstance(result, BadImageError):
                 context.set_response_status(400, result.message, idx=index)
                 result = error_body(result)
             context.set_response_content_type(index, "application/json")
             responses.append(result)
+        record_metrics(context.metrics, payloads, prepared, results, explain, time.perf_counter() - start)
         return responses

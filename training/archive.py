@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HANDLER = ROOT / "handler" / "corruption_handler.py"
 MODEL_CONFIG = ROOT / "handler" / "model-config.yaml"
 # The part of `training` the server imports; the rest (data, train, ...) stays out.
-SERVING_MODULES = ("__init__.py", "preprocessing.py", "model.py", "inference.py")
+SERVING_MODULES = ("__init__.py", "preprocessing.py", "model.py", "inference.py", "explain.py")
 
 
 def archive_filename(version: str) -> str:

@@ -4,8 +4,10 @@ A server adapter (handler/corruption_handler.py for TorchServe) only turns its
 requests into bytes and this module's results into its responses.
 """
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -13,6 +15,30 @@ from training.model import LABELS, load_model
 from training.preprocessing import BadImageError, image_bytes_to_input, normalise
 
 Result = dict | BadImageError
+
+
+class Prepared(NamedTuple):
+    """One payload after preprocessing: the model input or why it was refused, and the seconds it took."""
+
+    input: torch.Tensor | BadImageError
+    seconds: float
+
+
+def prepare(payload: bytes | BadImageError) -> Prepared:
+    """Decode and resize one payload, timed; an error an adapter already found passes through."""
+    start = time.perf_counter()
+    try:
+        item = payload if isinstance(payload, BadImageError) else image_bytes_to_input(payload)
+    except BadImageError as error:
+        item = error
+    return Prepared(item, time.perf_counter() - start)
+
+
+def run_on_inputs(prepared: Sequence[Prepared], run: Callable[[list[torch.Tensor]], list[dict]]) -> list[Result]:
+    """Call `run` once on all good inputs; each refused one keeps its place as its BadImageError."""
+    images = [item.input for item in prepared if isinstance(item.input, torch.Tensor)]
+    answers = iter(run(images) if images else [])
+    return [next(answers) if isinstance(item.input, torch.Tensor) else item.input for item in prepared]
 
 
 def prediction_body(probabilities: torch.Tensor) -> dict:
@@ -48,12 +74,4 @@ class CorruptionDetector:
         Errors an adapter already found while reading a request pass through in
         place, so one bad item never costs the rest of the batch its answer.
         """
-        results: list[Result | torch.Tensor] = []
-        for payload in payloads:
-            try:
-                results.append(payload if isinstance(payload, BadImageError) else image_bytes_to_input(payload))
-            except BadImageError as error:
-                results.append(error)
-        images = [item for item in results if isinstance(item, torch.Tensor)]
-        predictions = iter(self.predict_inputs(images) if images else [])
-        return [next(predictions) if isinstance(item, torch.Tensor) else item for item in results]
+        return run_on_inputs([prepare(payload) for payload in payloads], self.predict_inputs)
