@@ -71,3 +71,10 @@ bench: install  ## print the serving benchmark table (in-process limit, TorchSer
 
 soak: install  ## sustained mixed good/bad load on a real TorchServe: zero 5xx, bounded worker memory
 	$(BIN)/python -m bench.soak
+
+.PHONY: container-smoke footprint
+container-smoke: install  ## build the image with podman, run it as the k8s Deployment does, check it serves (root, ~25 GB)
+	bash scripts/container-smoke.sh
+
+footprint: install  ## measure TorchServe's per-pod memory and CPU split (sizes k8s/base/deployment.yaml)
+	$(BIN)/python -m bench.footprint

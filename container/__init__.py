@@ -1,0 +1,1 @@
+"""Files baked into the container image: its entrypoint, health probe and logging configuration."""
