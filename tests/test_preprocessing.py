@@ -13,6 +13,7 @@ from training.preprocessing import (
     decode_image,
     image_bytes_to_input,
     normalise,
+    resize_to_input,
     to_rgb,
 )
 
@@ -74,3 +75,12 @@ def test_normalise_uses_training_statistics():
     normalised = normalise(grey)
     assert normalised.dtype == torch.float32
     assert torch.allclose(normalised[0], torch.full((2, 2), (128 / 255 - 0.4914) / 0.2470), atol=1e-5)
+
+
+def test_large_jpeg_reduced_decoding_matches_full_decoding(subset):
+    """The serving path's DCT-scaled JPEG decode gives the same model input as a full decode, to ~1/255."""
+    photo = encode(sample_rgb(subset).resize((1024, 768), Image.Resampling.BICUBIC), "JPEG", quality=90)
+    reduced = image_bytes_to_input(photo).float()
+    full = resize_to_input(decode_image(photo)).float()
+    assert decode_image(photo, reduce_to=INPUT_SIZE).size == (128, 96)
+    assert (reduced - full).abs().mean() < 1.0
