@@ -17,7 +17,7 @@ TS_ARGS := --ncs --ts-config config.properties --model-store model_store
 INFERENCE := http://127.0.0.1:8080
 MANAGEMENT := http://127.0.0.1:8081
 
-.PHONY: help install train archive serve start stop predict test lint bench soak
+.PHONY: help install train archive serve start stop web predict test lint bench soak
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -52,6 +52,9 @@ start: $(MAR)  ## start TorchServe in the background and wait until the model an
 stop:  ## stop the background TorchServe and wait until it is gone
 	$(TS_ENV) $(BIN)/torchserve --stop --foreground
 	@while curl -s -o /dev/null $(INFERENCE)/ping; do sleep 0.5; done; echo "TorchServe is gone"
+
+web:  ## serve the web page on http://127.0.0.1:8000 (the origin config.properties allows for CORS)
+	$(PYTHON) -m http.server 8000 --bind 127.0.0.1 --directory web
 
 predict:  ## score one image on the running server: make predict FILE=photo.jpg
 	@test -n "$(FILE)" || { echo "usage: make predict FILE=path/to/image" >&2; exit 2; }
