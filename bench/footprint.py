@@ -15,7 +15,6 @@ The numbers size the Deployment's requests and limits (k8s/README.md).
 import argparse
 import io
 import math
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +24,7 @@ import psutil
 from PIL import Image
 
 from bench.run import WEIGHTS, http_load, sample_images
-from tests.torchserve_process import ROOT, TorchServe, start_torchserve
-from training.archive import build_archive
+from tests.torchserve_process import ROOT, TorchServe, serving_weights
 
 MIB = 2**20
 # Headroom of the memory limit over the measured peak: allocator fragmentation, JVM heap growth, probe processes.
@@ -159,28 +157,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     jpeg = sample_images(args.data)["1024x768 JPEG"]
     huge = large_jpeg(args.data)
-    with tempfile.TemporaryDirectory() as workdir:
-        store = Path(workdir, "model_store")
-        build_archive(WEIGHTS, out_dir=store)
-        server = start_torchserve(store, Path(workdir))
-        try:
-            server.wait_ready()
-            url = f"{server.inference}/predictions/corruption"
-            time.sleep(2)
-            rows = [
-                ("idle, model loaded", *measure(server, idle)),
-                (
-                    f"1024x768 JPEG, concurrency {args.concurrency}",
-                    *measure(server, lambda: http_load(url, jpeg, args.concurrency, args.seconds)),
-                ),
-                (
-                    f"49 MP JPEG ({len(huge) / MIB:.1f} MiB), concurrency 4",
-                    *measure(server, lambda: http_load(url, huge, 4, args.seconds)),
-                ),
-            ]
-            workers = len(server_processes(server)[1])
-        finally:
-            server.stop()
+    with serving_weights(WEIGHTS) as server:
+        url = f"{server.inference}/predictions/corruption"
+        time.sleep(2)
+        rows = [
+            ("idle, model loaded", *measure(server, idle)),
+            (
+                f"1024x768 JPEG, concurrency {args.concurrency}",
+                *measure(server, lambda: http_load(url, jpeg, args.concurrency, args.seconds)),
+            ),
+            (
+                f"49 MP JPEG ({len(huge) / MIB:.1f} MiB), concurrency 4",
+                *measure(server, lambda: http_load(url, huge, 4, args.seconds)),
+            ),
+        ]
+        workers = len(server_processes(server)[1])
     report(rows, workers)
 
 

@@ -15,7 +15,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,8 +25,7 @@ import requests
 import torch
 from PIL import Image
 
-from tests.torchserve_process import ROOT, free_port, start_torchserve
-from training.archive import build_archive
+from tests.torchserve_process import ROOT, free_port, serving_weights
 from training.inference import CorruptionDetector
 from training.preprocessing import image_bytes_to_input
 
@@ -98,19 +96,6 @@ def http_load(url: str, data: bytes, concurrency: int, seconds: float) -> dict:
         "errors": failures[0],
         "requests": len(latencies),
     }
-
-
-@contextlib.contextmanager
-def torchserve_url(workdir: Path) -> Iterator[str]:
-    """TorchServe with the shipped config serving the shipped weights."""
-    store = workdir / "model_store"
-    build_archive(WEIGHTS, out_dir=store)
-    server = start_torchserve(store, workdir / "torchserve")
-    try:
-        server.wait_ready()
-        yield f"{server.inference}/{PATH}"
-    finally:
-        server.stop()
 
 
 @contextlib.contextmanager
@@ -194,8 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(os.cpu_count() or 1)  # the server's 2 workers x 1 thread use every core too
     detector = CorruptionDetector(WEIGHTS)
     limits = {name: in_process_rates(detector, data, args.seconds) for name, data in images.items()}
-    with tempfile.TemporaryDirectory() as workdir, torchserve_url(Path(workdir)) as url:
-        served = load_rows(url, images, args.concurrency, args.seconds)
+    with serving_weights(WEIGHTS) as server:
+        served = load_rows(f"{server.inference}/{PATH}", images, args.concurrency, args.seconds)
     with naive_url(next(iter(images.values()))) as url:
         naive = load_rows(url, images, args.concurrency, args.seconds)
     print_tables(limits, served, naive)

@@ -12,7 +12,6 @@ import argparse
 import io
 import random
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -23,8 +22,7 @@ import requests
 from PIL import Image
 
 from tests.images import bad_images, good_images
-from tests.torchserve_process import ROOT, TorchServe, start_torchserve
-from training.archive import build_archive
+from tests.torchserve_process import ROOT, TorchServe, serving_weights
 
 WEIGHTS = ROOT / "weights" / "model.pt"
 
@@ -83,21 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     good, bad = payloads(args.data)
 
-    with tempfile.TemporaryDirectory() as workdir:
-        store = Path(workdir, "model_store")
-        build_archive(WEIGHTS, out_dir=store)
-        server = start_torchserve(store, Path(workdir, "torchserve"))
-        try:
-            server.wait_ready()
-            url = f"{server.inference}/predictions/corruption"
-            run_load(url, good, bad, args.concurrency, 10, args.bad_fraction)  # warm-up: allocator steady state
-            rss_before = worker_rss_mb(server)
-            started = time.monotonic()
-            outcomes = run_load(url, good, bad, args.concurrency, args.seconds, args.bad_fraction)
-            elapsed = time.monotonic() - started
-            rss_after = worker_rss_mb(server)
-        finally:
-            server.stop()
+    with serving_weights(WEIGHTS) as server:
+        url = f"{server.inference}/predictions/corruption"
+        run_load(url, good, bad, args.concurrency, 10, args.bad_fraction)  # warm-up: allocator steady state
+        rss_before = worker_rss_mb(server)
+        started = time.monotonic()
+        outcomes = run_load(url, good, bad, args.concurrency, args.seconds, args.bad_fraction)
+        elapsed = time.monotonic() - started
+        rss_after = worker_rss_mb(server)
 
     unexpected = {k: v for k, v in outcomes.items() if k not in ("good 200", "bad 400")}
     growth = rss_after - rss_before

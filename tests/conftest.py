@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.torchserve_process import ROOT, TorchServe, start_torchserve
+from tests.torchserve_process import ROOT, TorchServe, running_torchserve
 from training.archive import build_archive
 
 SUBSET = ROOT.parent / "shared" / "data" / "cifar10-subset"
@@ -30,9 +30,5 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> TorchServe:
     """A real TorchServe serving corruption.mar; stopped whatever the tests did."""
-    server = start_torchserve(model_store, tmp_path_factory.mktemp("torchserve"))
-    try:
-        server.wait_ready()
+    with running_torchserve(model_store, tmp_path_factory.mktemp("torchserve")) as server:
         yield server
-    finally:
-        server.stop()

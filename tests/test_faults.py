@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from tests.images import good_images
-from tests.torchserve_process import start_torchserve
+from tests.torchserve_process import running_torchserve
 
 TIMEOUT = 60
 
@@ -23,12 +23,8 @@ def ready_worker_pids(server) -> list[int]:
 @pytest.fixture(scope="module")
 def own_server(model_store, tmp_path_factory):
     """A TorchServe of its own: killing its workers must not disturb the shared one."""
-    server = start_torchserve(model_store, tmp_path_factory.mktemp("faults"))
-    try:
-        server.wait_ready()
+    with running_torchserve(model_store, tmp_path_factory.mktemp("faults")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_killed_worker_is_replaced_and_service_resumes(own_server, subset):

@@ -7,11 +7,15 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+
+from training.archive import build_archive
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCHSERVE = Path(sys.executable).with_name("torchserve")
@@ -128,3 +132,24 @@ def start_torchserve(model_store: Path, workdir: Path) -> TorchServe:
             start_new_session=True,
         )
     return TorchServe(process, urls, workdir)
+
+
+@contextlib.contextmanager
+def running_torchserve(model_store: Path, workdir: Path) -> Iterator[TorchServe]:
+    """A TorchServe whose model is ready, stopped however the block ends."""
+    server = start_torchserve(model_store, workdir)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def serving_weights(weights: Path) -> Iterator[TorchServe]:
+    """The shipped config serving `weights`, archived into a temporary model store (for benchmarks)."""
+    with tempfile.TemporaryDirectory() as workdir:
+        store = Path(workdir, "model_store")
+        build_archive(weights, out_dir=store)
+        with running_torchserve(store, Path(workdir, "torchserve")) as server:
+            yield server
