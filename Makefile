@@ -44,13 +44,15 @@ serve: $(MAR)  ## serve the default model in the foreground (Ctrl-C stops it)
 
 start: $(MAR)  ## start TorchServe in the background and wait until the model answers
 	mkdir -p $(TS_HOME)/tmp
-	$(TS_ENV) $(BIN)/torchserve --start $(TS_ARGS)
+	@# The server's console goes to a file: the background java must not hold the caller's stdout open.
+	$(TS_ENV) $(BIN)/torchserve --start $(TS_ARGS) > $(TS_HOME)/console.log 2>&1
 	@for i in $$(seq 240); do \
 	    curl -sf $(MANAGEMENT)/models/corruption | grep -q '"READY"' && { echo "TorchServe is ready on $(INFERENCE)"; exit 0; }; \
 	    sleep 1; done; echo "TorchServe did not become ready; see $(TS_HOME)/logs" >&2; exit 1
 
 stop:  ## stop the background TorchServe and wait until it is gone
-	$(TS_ENV) $(BIN)/torchserve --stop --foreground
+	@if [ -f $(TS_HOME)/tmp/.model_server.pid ]; then $(TS_ENV) $(BIN)/torchserve --stop --foreground; \
+	else echo "TorchServe was not started by make start"; fi
 	@while curl -s -o /dev/null $(INFERENCE)/ping; do sleep 0.5; done; echo "TorchServe is gone"
 
 web:  ## serve the web page on http://127.0.0.1:8000 (the origin config.properties allows for CORS)
