@@ -23,8 +23,11 @@ from pathlib import Path
 import psutil
 from PIL import Image
 
-from bench.run import WEIGHTS, http_load, sample_images
-from tests.torchserve_process import ROOT, TorchServe, serving_weights
+from bench.run import http_load, sample_images
+from tests.images import sample_rgb
+from tests.torchserve_process import TorchServe, serving_weights
+from training.archive import SHIPPED_WEIGHTS
+from training.data import SUBSET
 
 MIB = 2**20
 # Headroom of the memory limit over the measured peak: allocator fragmentation, JVM heap growth, probe processes.
@@ -93,7 +96,7 @@ def cpu_seconds(server: TorchServe) -> tuple[float, float]:
 def large_jpeg(subset: Path, megapixels: float = 49.0) -> bytes:
     """A smooth 49 MP JPEG (a few MB, under max_request_size): the largest decode one request can cause."""
     side = int(math.sqrt(megapixels * 1e6))
-    image = Image.open(sorted((subset / "test").rglob("*.png"))[0]).convert("RGB")
+    image = sample_rgb(subset)
     buffer = io.BytesIO()
     image.resize((side, side), Image.Resampling.BILINEAR).save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
@@ -153,11 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each load phase")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cifar10-subset")
+    parser.add_argument("--data", type=Path, default=SUBSET)
     args = parser.parse_args(argv)
     jpeg = sample_images(args.data)["1024x768 JPEG"]
     huge = large_jpeg(args.data)
-    with serving_weights(WEIGHTS) as server:
+    with serving_weights(SHIPPED_WEIGHTS) as server:
         url = f"{server.inference}/predictions/corruption"
         time.sleep(2)
         rows = [

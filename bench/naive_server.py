@@ -13,10 +13,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from training.archive import SHIPPED_WEIGHTS
 from training.inference import CorruptionDetector, error_body
 from training.preprocessing import BadImageError
 
-WEIGHTS = Path(os.environ.get("WEIGHTS", Path(__file__).resolve().parent.parent / "weights" / "model.pt"))
+WEIGHTS = Path(os.environ.get("WEIGHTS", SHIPPED_WEIGHTS))
 
 app = FastAPI()
 detector = CorruptionDetector(WEIGHTS)

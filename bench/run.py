@@ -25,18 +25,20 @@ import requests
 import torch
 from PIL import Image
 
+from tests.images import sample_rgb
 from tests.torchserve_process import ROOT, free_port, serving_weights
+from training.archive import SHIPPED_WEIGHTS
+from training.data import SUBSET
 from training.inference import CorruptionDetector
 from training.preprocessing import image_bytes_to_input
 
-WEIGHTS = ROOT / "weights" / "model.pt"
 SERVING_BATCH = 8
 PATH = "predictions/corruption"
 
 
 def sample_images(subset: Path) -> dict[str, bytes]:
     """A CIFAR-sized PNG and a 1024x768 JPEG made from it."""
-    image = Image.open(sorted((subset / "test").rglob("*.png"))[0]).convert("RGB")
+    image = sample_rgb(subset)
     png, jpeg = io.BytesIO(), io.BytesIO()
     image.save(png, format="PNG")
     image.resize((1024, 768), Image.Resampling.BICUBIC).save(jpeg, format="JPEG", quality=90)
@@ -172,14 +174,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cifar10-subset")
+    parser.add_argument("--data", type=Path, default=SUBSET)
     args = parser.parse_args(argv)
     images = sample_images(args.data)
 
     torch.set_num_threads(os.cpu_count() or 1)  # the server's 2 workers x 1 thread use every core too
-    detector = CorruptionDetector(WEIGHTS)
+    detector = CorruptionDetector(SHIPPED_WEIGHTS)
     limits = {name: in_process_rates(detector, data, args.seconds) for name, data in images.items()}
-    with serving_weights(WEIGHTS) as server:
+    with serving_weights(SHIPPED_WEIGHTS) as server:
         served = load_rows(f"{server.inference}/{PATH}", images, args.concurrency, args.seconds)
     with naive_url(next(iter(images.values()))) as url:
         naive = load_rows(url, images, args.concurrency, args.seconds)

@@ -22,9 +22,9 @@ import requests
 from PIL import Image
 
 from tests.images import bad_images, good_images
-from tests.torchserve_process import ROOT, TorchServe, serving_weights
-
-WEIGHTS = ROOT / "weights" / "model.pt"
+from tests.torchserve_process import TorchServe, serving_weights
+from training.archive import SHIPPED_WEIGHTS
+from training.data import SUBSET
 
 
 def worker_rss_mb(server: TorchServe) -> float:
@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--bad-fraction", type=float, default=0.2)
     parser.add_argument("--max-growth-mb", type=float, default=50.0)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cifar10-subset")
+    parser.add_argument("--data", type=Path, default=SUBSET)
     args = parser.parse_args(argv)
     good, bad = payloads(args.data)
 
-    with serving_weights(WEIGHTS) as server:
+    with serving_weights(SHIPPED_WEIGHTS) as server:
         url = f"{server.inference}/predictions/corruption"
         run_load(url, good, bad, args.concurrency, 10, args.bad_fraction)  # warm-up: allocator steady state
         rss_before = worker_rss_mb(server)

@@ -4,11 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.torchserve_process import ROOT, TorchServe, running_torchserve
-from training.archive import build_archive
-
-SUBSET = ROOT.parent / "shared" / "data" / "cifar10-subset"
-SHIPPED_WEIGHTS = ROOT / "weights" / "model.pt"
+from tests.torchserve_process import TorchServe, running_torchserve
+from training.archive import SHIPPED_WEIGHTS, build_archive
+from training.data import SUBSET
 
 
 @pytest.fixture(scope="session")

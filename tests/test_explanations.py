@@ -15,9 +15,9 @@ from PIL import Image
 from ts.context import Context, RequestProcessor
 
 from handler.corruption_handler import CorruptionHandler
-from tests.conftest import SHIPPED_WEIGHTS
 from tests.images import bad_images, encode, good_images
 from tests.test_handler import assert_prediction_schema
+from training.archive import SHIPPED_WEIGHTS
 from training.explain import OVERLAY_SIZE, GradCamExplainer, overlay_png
 from training.explain_report import QUADRANT_CASES, heaviest_quadrant, quadrant_cases, sample_images
 from training.inference import CorruptionDetector

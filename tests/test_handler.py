@@ -8,9 +8,9 @@ import yaml
 from ts.context import Context, RequestProcessor
 
 from handler.corruption_handler import CorruptionHandler, request_bytes
-from tests.conftest import SHIPPED_WEIGHTS
 from tests.images import bad_images, good_images
 from tests.torchserve_process import ROOT
+from training.archive import SHIPPED_WEIGHTS
 from training.preprocessing import BadImageError
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 MODEL_NAME = "corruption"
 DEFAULT_VERSION = "1.0"
 ROOT = Path(__file__).resolve().parent.parent
+# The default model the project ships (MODEL_CARD.md).
+SHIPPED_WEIGHTS = ROOT / "weights" / "model.pt"
 HANDLER = ROOT / "handler" / "corruption_handler.py"
 MODEL_CONFIG = ROOT / "handler" / "model-config.yaml"
 # The part of `training` the server imports; the rest (data, train, ...) stays out.
@@ -69,7 +71,7 @@ def build_archive(weights: Path, version: str = DEFAULT_VERSION, out_dir: Path =
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, default=ROOT / "weights" / "model.pt")
+    parser.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS)
     parser.add_argument("--version", default=DEFAULT_VERSION)
     parser.add_argument("--out", type=Path, default=ROOT / "model_store")
     args = parser.parse_args(argv)

@@ -12,6 +12,8 @@ from tqdm import tqdm
 from training.corruptions import KINDS, SEVERITIES, corrupt
 from training.preprocessing import decode_image, normalise, resize_to_input
 
+# The lossless CIFAR-10 subset laid beside the project (../shared/data): tests, benchmarks, CPU training.
+SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CIFAR10 = "cifar10"
 # Index 0 of a sample's kind is "clean"; 1.. are the corruption kinds in table order.

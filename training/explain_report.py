@@ -18,13 +18,13 @@ import torchvision.transforms.v2.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
 
+from training.archive import SHIPPED_WEIGHTS
 from training.corruptions import KINDS, corrupt
-from training.data import find_images
+from training.data import SUBSET, find_images
 from training.explain import GradCamExplainer
 from training.inference import CorruptionDetector
 from training.preprocessing import INPUT_SIZE, decode_image, resize_to_input
 
-ROOT = Path(__file__).resolve().parent.parent
 QUADRANT_CASES = 100
 # Occluding squares of 8 to 12 px (6 to 14% of the image, occlusion severities 2 to 4) inside one 16x16 quadrant.
 SQUARE_SIDES = (8, 12)
@@ -91,8 +91,8 @@ def save_figure(explainer: GradCamExplainer, images: Sequence[torch.Tensor], out
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, default=ROOT / "weights" / "model.pt")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cifar10-subset" / "test")
+    parser.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS)
+    parser.add_argument("--data", type=Path, default=SUBSET / "test")
     parser.add_argument("--figure", type=Path, default=None, help="write the example-heatmap figure here (PNG)")
     args = parser.parse_args(argv)
 
