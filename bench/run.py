@@ -30,7 +30,7 @@ from tests.torchserve_process import ROOT, free_port, serving_weights
 from training.archive import SHIPPED_WEIGHTS
 from training.data import SUBSET
 from training.inference import CorruptionDetector
-from training.preprocessing import image_bytes_to_input
+from training.preprocessing import image_bytes_to_views
 
 SERVING_BATCH = 8
 PATH = "predictions/corruption"
@@ -56,10 +56,10 @@ def rate(work: Callable[[], int], seconds: float) -> float:
 
 def in_process_rates(detector: CorruptionDetector, data: bytes, seconds: float) -> dict[str, float]:
     """Forward pass alone (the limit) and preprocessing + forward, at batch 1 and the serving batch."""
-    image = image_bytes_to_input(data)
+    views = image_bytes_to_views(data)
     rates = {}
     for batch in (1, SERVING_BATCH):
-        rates[f"forward b{batch}"] = rate(lambda b=batch: len(detector.predict_inputs([image] * b)), seconds)
+        rates[f"forward b{batch}"] = rate(lambda b=batch: len(detector.predict_inputs([views] * b)), seconds)
         rates[f"decode+forward b{batch}"] = rate(lambda b=batch: len(detector.predict([data] * b)), seconds)
     return rates
 

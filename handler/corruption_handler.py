@@ -118,7 +118,9 @@ class CorruptionHandler:
         gpu = properties.get("gpu_id")
         device = f"cuda:{gpu}" if gpu is not None and torch.cuda.is_available() else "cpu"
         weights = Path(properties["model_dir"]) / context.manifest["model"]["serializedFile"]
-        self.detector = CorruptionDetector(weights, device)
+        self.detector = CorruptionDetector(
+            weights, device, corruption_type=bool(settings.get("corruption_type", False))
+        )
         self.explainer = GradCamExplainer(self.detector)
 
     def run(self, prepared: list[Prepared], explain: list[bool]) -> list[Result]:

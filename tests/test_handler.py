@@ -11,14 +11,15 @@ from handler.corruption_handler import CorruptionHandler, request_bytes
 from tests.images import bad_images, good_images
 from tests.torchserve_process import ROOT
 from training.archive import SHIPPED_WEIGHTS
+from training.corruptions import TYPES
 from training.preprocessing import BadImageError
 
 
-@pytest.fixture(scope="module")
-def handler(tmp_path_factory) -> CorruptionHandler:
-    model_dir = tmp_path_factory.mktemp("model_dir")
+def start_handler(model_dir, **settings) -> CorruptionHandler:
+    """A handler initialised as TorchServe would, from the archive's model-config.yaml plus `settings`."""
     shutil.copy(SHIPPED_WEIGHTS, model_dir / "model.pt")
     config = yaml.safe_load((ROOT / "handler" / "model-config.yaml").read_text())
+    config["handler"].update(settings)
     context = Context(
         "corruption",
         str(model_dir),
@@ -31,6 +32,11 @@ def handler(tmp_path_factory) -> CorruptionHandler:
     service = CorruptionHandler()
     service.initialize(context)
     return service
+
+
+@pytest.fixture(scope="module")
+def handler(tmp_path_factory) -> CorruptionHandler:
+    return start_handler(tmp_path_factory.mktemp("model_dir"))
 
 
 def run_batch(handler: CorruptionHandler, rows: list[dict]) -> tuple[list[dict], list[int]]:
@@ -74,6 +80,17 @@ def test_every_bad_input_gets_a_400_naming_the_problem(handler, subset):
     assert statuses == [400] * len(cases)
     assert [body["type"] for body in bodies] == [reason for _, reason in cases.values()]
     assert all(body["message"] for body in bodies)
+
+
+def test_corruption_type_is_added_only_when_enabled(handler, tmp_path, subset):
+    data = good_images(subset)["png"]
+    typed = start_handler(tmp_path, corruption_type=True)
+    (plain,), _ = run_batch(handler, [{"body": data}])
+    (body,), statuses = run_batch(typed, [{"body": data}])
+    assert statuses == [200]
+    assert {key: body[key] for key in plain} == plain, "the binary answer is the same either way"
+    assert list(body["corruption_type"]) == list(TYPES)
+    assert sum(body["corruption_type"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_request_bytes_reads_every_transport(subset):

@@ -24,7 +24,7 @@ SHIPPED_WEIGHTS = ROOT / "weights" / "model.pt"
 HANDLER = ROOT / "handler" / "corruption_handler.py"
 MODEL_CONFIG = ROOT / "handler" / "model-config.yaml"
 # The part of `training` the server imports; the rest (data, train, ...) stays out.
-SERVING_MODULES = ("__init__.py", "preprocessing.py", "model.py", "inference.py", "explain.py")
+SERVING_MODULES = ("__init__.py", "corruptions.py", "preprocessing.py", "model.py", "inference.py", "explain.py")
 
 
 def archive_filename(version: str) -> str:

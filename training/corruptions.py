@@ -6,7 +6,8 @@ works on a uint8 CHW tensor at the model's input size (after
 `preprocessing.resize_to_input`), which is exactly what the model sees.
 
 Severity 1 is deliberately subtle (close to natural variation), severity 5 is
-unmistakable. Parameters per severity 1..5:
+unmistakable. Each kind belongs to a family, the corruption type the model's
+second head predicts (`TYPES`). Parameters per severity 1..5:
 
 | kind             | parameter                               | 1    | 2    | 3    | 4    | 5    |
 |------------------|-----------------------------------------|------|------|------|------|------|
@@ -21,6 +22,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
 
@@ -32,15 +34,20 @@ class Corruption:
     """One corruption family: its parameter per severity and how to apply it."""
 
     kind: str
+    family: str
     parameter: str
     values: tuple[float, ...]
     apply: Callable[[torch.Tensor, float], torch.Tensor]
 
-    def value(self, severity: int) -> float:
-        """The parameter for a severity in 1..5."""
-        if severity not in SEVERITIES:
-            raise ValueError(f"severity must be one of {SEVERITIES}, got {severity}")
-        return self.values[severity - 1]
+    def value(self, severity: float) -> float:
+        """The parameter for a severity in [1, 5]: the table's value at 1..5, linear in between.
+
+        Training draws severities between the table's rows, so the model learns every
+        strength of a family rather than five recipes; evaluation uses the rows.
+        """
+        if not SEVERITIES[0] <= severity <= SEVERITIES[-1]:
+            raise ValueError(f"severity must be within {SEVERITIES[0]}..{SEVERITIES[-1]}, got {severity}")
+        return float(np.interp(severity, SEVERITIES, self.values))
 
 
 def _gaussian_noise(image: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -54,7 +61,7 @@ def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _jpeg(image: torch.Tensor, quality: float) -> torch.Tensor:
-    return F.jpeg(image, quality=int(quality))
+    return F.jpeg(image, quality=round(quality))
 
 
 def _brightness(image: torch.Tensor, stops: float) -> torch.Tensor:
@@ -78,18 +85,22 @@ def _occlusion(image: torch.Tensor, area_fraction: float) -> torch.Tensor:
 CORRUPTIONS: dict[str, Corruption] = {
     c.kind: c
     for c in (
-        Corruption("gaussian_noise", "noise std on [0, 1]", (0.02, 0.04, 0.06, 0.09, 0.13), _gaussian_noise),
-        Corruption("gaussian_blur", "blur sigma (px)", (0.5, 0.7, 1.0, 1.3, 1.7), _gaussian_blur),
-        Corruption("jpeg_compression", "JPEG quality", (55, 40, 25, 15, 8), _jpeg),
-        Corruption("brightness", "exposure change (stops, +/-)", (0.25, 0.5, 1.0, 1.5, 2.0), _brightness),
-        Corruption("occlusion", "occluded area fraction", (0.03, 0.06, 0.12, 0.2, 0.3), _occlusion),
+        Corruption("gaussian_noise", "noise", "noise std on [0, 1]", (0.02, 0.04, 0.06, 0.09, 0.13), _gaussian_noise),
+        Corruption("gaussian_blur", "blur", "blur sigma (px)", (0.5, 0.7, 1.0, 1.3, 1.7), _gaussian_blur),
+        Corruption("jpeg_compression", "compression", "JPEG quality", (55, 40, 25, 15, 8), _jpeg),
+        Corruption("brightness", "brightness", "exposure change (stops, +/-)", (0.25, 0.5, 1.0, 1.5, 2.0), _brightness),
+        Corruption("occlusion", "occlusion", "occluded area fraction", (0.03, 0.06, 0.12, 0.2, 0.3), _occlusion),
     )
 }
 KINDS: tuple[str, ...] = tuple(CORRUPTIONS)
+# A JPEG at camera quality (this range) is not a corruption: training re-encodes some clean images with it.
+CAMERA_JPEG_QUALITY = (90, 100)
+# What the corruption-type head predicts: "clean", then each kind's family in table order.
+TYPES: tuple[str, ...] = ("clean", *(corruption.family for corruption in CORRUPTIONS.values()))
 
 
-def corrupt(image: torch.Tensor, kind: str, severity: int, seed: int) -> torch.Tensor:
-    """Apply one corruption to a uint8 CHW image; the same seed gives the same result.
+def corrupt(image: torch.Tensor, kind: str, severity: float, seed: int) -> torch.Tensor:
+    """Apply one corruption at a severity in [1, 5] to a uint8 CHW image; the same seed gives the same result.
 
     The torchvision ops draw from torch's global generator, so it is forked and
     seeded here: results do not depend on what ran before or on DataLoader workers.
@@ -99,3 +110,9 @@ def corrupt(image: torch.Tensor, kind: str, severity: int, seed: int) -> torch.T
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return corruption.apply(image, value)
+
+
+def camera_jpeg(image: torch.Tensor, seed: int) -> torch.Tensor:
+    """Re-encode a clean image as a camera-quality JPEG (quality drawn from CAMERA_JPEG_QUALITY): still clean."""
+    quality = int(np.random.default_rng(seed).integers(CAMERA_JPEG_QUALITY[0], CAMERA_JPEG_QUALITY[1] + 1))
+    return F.jpeg(image, quality=quality)

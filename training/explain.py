@@ -70,7 +70,7 @@ class GradCamExplainer:
     def __init__(self, detector: CorruptionDetector, layer: str = LAYER) -> None:
         self.detector = detector
         self.layer = layer
-        self.gradcam = LayerGradCam(detector.model, getattr(detector.model, layer))
+        self.gradcam = LayerGradCam(detector.model, detector.model.trunk.get_submodule(layer))
 
     def heatmaps(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """(N, 32, 32) maps in [0, 1] for uint8 CHW images at input size, each scaled so its peak is 1."""
@@ -82,10 +82,15 @@ class GradCamExplainer:
         return cam / peak.view(-1, 1, 1)
 
     def explain_inputs(self, images: Sequence[torch.Tensor]) -> list[dict]:
-        """Prediction and explanation bodies for preprocessed uint8 CHW images (one batched backward pass)."""
+        """Prediction and explanation bodies for preprocessed images, each a (V, 3, 32, 32) stack of views.
+
+        The prediction uses every view; the heatmap explains the whole-image view (view 0), the one
+        a person can compare with the picture (one batched backward pass).
+        """
         predictions = self.detector.predict_inputs(images)
-        maps = self.heatmaps(images)
+        wholes = [views[0] for views in images]
+        maps = self.heatmaps(wholes)
         return [
-            explanation_body(prediction, image, heatmap, self.layer)
-            for prediction, image, heatmap in zip(predictions, images, maps, strict=True)
+            explanation_body(prediction, whole, heatmap, self.layer)
+            for prediction, whole, heatmap in zip(predictions, wholes, maps, strict=True)
         ]

@@ -75,7 +75,8 @@ def save_figure(explainer: GradCamExplainer, images: Sequence[torch.Tensor], out
     axes = figure.subplots(len(images), len(columns))
     for row, image in enumerate(images):
         variants = [image] + [corrupt(image, kind, FIGURE_SEVERITY, seed + row) for kind in KINDS]
-        for axis, column, body in zip(axes[row], columns, explainer.explain_inputs(variants), strict=True):
+        views = [variant.unsqueeze(0) for variant in variants]  # 32x32 images: the whole view is the only one
+        for axis, column, body in zip(axes[row], columns, explainer.explain_inputs(views), strict=True):
             overlay = Image.open(io.BytesIO(base64.b64decode(body["explanation"]["overlay_png"])))
             axis.imshow(overlay)
             axis.set_title(f"{column}\np(corrupted) = {body['probs']['corrupted']:.2f}", fontsize=9)

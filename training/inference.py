@@ -11,8 +11,9 @@ from typing import NamedTuple
 
 import torch
 
+from training.corruptions import TYPES
 from training.model import LABELS, load_model
-from training.preprocessing import BadImageError, image_bytes_to_input, normalise
+from training.preprocessing import TILES_PER_SIDE, BadImageError, image_bytes_to_views, normalise
 
 Result = dict | BadImageError
 
@@ -20,7 +21,7 @@ Result = dict | BadImageError
 class Prepared(NamedTuple):
     """One payload after preprocessing: the model input or why it was refused, and the seconds it took."""
 
-    input: torch.Tensor | BadImageError
+    input: torch.Tensor | BadImageError  # the image's views (V, 3, 32, 32), see preprocessing.image_to_views
     seconds: float
 
 
@@ -28,7 +29,7 @@ def prepare(payload: bytes | BadImageError) -> Prepared:
     """Decode and resize one payload, timed; an error an adapter already found passes through."""
     start = time.perf_counter()
     try:
-        item = payload if isinstance(payload, BadImageError) else image_bytes_to_input(payload)
+        item = payload if isinstance(payload, BadImageError) else image_bytes_to_views(payload)
     except BadImageError as error:
         item = error
     return Prepared(item, time.perf_counter() - start)
@@ -41,12 +42,42 @@ def run_on_inputs(prepared: Sequence[Prepared], run: Callable[[list[torch.Tensor
     return [next(answers) if isinstance(item.input, torch.Tensor) else item.input for item in prepared]
 
 
-def prediction_body(probabilities: torch.Tensor) -> dict:
-    """{"label", "confidence", "probs"} for one row of (clean, corrupted) probabilities."""
+def prediction_body(probabilities: torch.Tensor, type_probabilities: torch.Tensor | None = None) -> dict:
+    """{"label", "confidence", "probs"} for one row of (clean, corrupted) probabilities.
+
+    With `type_probabilities` (one per TYPES), adds "corruption_type": {type: probability}.
+    """
     clean = round(float(probabilities[0]), 6)
     corrupted = round(1.0 - clean, 6)
     label = LABELS[1] if corrupted > clean else LABELS[0]
-    return {"label": label, "confidence": max(clean, corrupted), "probs": {LABELS[0]: clean, LABELS[1]: corrupted}}
+    body = {"label": label, "confidence": max(clean, corrupted), "probs": {LABELS[0]: clean, LABELS[1]: corrupted}}
+    if type_probabilities is not None:
+        body["corruption_type"] = {name: round(float(p), 6) for name, p in zip(TYPES, type_probabilities, strict=True)}
+    return body
+
+
+# Damage that downscaling averages away: the only evidence trusted from tiles. Blur, brightness and
+# occlusion are judged on the whole image (a native-resolution tile of a sharp photo can look soft).
+FINE_TYPES = ("noise", "compression")
+
+
+def combine_views(binary: torch.Tensor, types: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image's (clean, corrupted) and type probabilities from those of its views.
+
+    View 0 is the whole image. Each tile level (TILES_PER_SIDE**2 tiles at one scale) votes
+    with the median over its tiles of P(noise or compression), so a few odd tiles cannot flip
+    the answer; the image is as corrupted as the whole view or its most damaged level says.
+    """
+    if len(binary) == 1:
+        return binary[0], types[0]
+    fine = types[1:, [TYPES.index(name) for name in FINE_TYPES]].sum(dim=1)
+    level_votes = fine.view(-1, TILES_PER_SIDE**2).median(dim=1).values
+    level = int(level_votes.argmax())
+    if level_votes[level] <= binary[0, 1]:
+        return binary[0], types[0]
+    corrupted = level_votes[level]
+    level_types = types[1:].view(-1, TILES_PER_SIDE**2, len(TYPES))[level].mean(dim=0)
+    return torch.stack([1 - corrupted, corrupted]), level_types
 
 
 def error_body(error: BadImageError) -> dict:
@@ -55,18 +86,30 @@ def error_body(error: BadImageError) -> dict:
 
 
 class CorruptionDetector:
-    """Loads the checkpoint once and scores batches of encoded images."""
+    """Loads the checkpoint once and scores batches of encoded images.
 
-    def __init__(self, weights: Path, device: torch.device | str = "cpu") -> None:
+    With `corruption_type`, answers also carry the type head's probabilities.
+    """
+
+    def __init__(self, weights: Path, device: torch.device | str = "cpu", corruption_type: bool = False) -> None:
         self.device = torch.device(device)
         self.model = load_model(weights, self.device)
+        self.corruption_type = corruption_type
 
     @torch.inference_mode()
+    def probabilities(self, images: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(binary, type) probabilities per image, from all views of all images in one forward pass."""
+        views = torch.cat(list(images))
+        binary, types = self.model.predict(normalise(views).to(self.device))
+        counts = [len(image) for image in images]
+        return [combine_views(b, t) for b, t in zip(binary.cpu().split(counts), types.cpu().split(counts), strict=True)]
+
     def predict_inputs(self, images: Sequence[torch.Tensor]) -> list[dict]:
-        """Score preprocessed uint8 CHW images in one forward pass."""
-        batch = normalise(torch.stack(list(images))).to(self.device)
-        probabilities = self.model(batch).float().softmax(dim=1).cpu()
-        return [prediction_body(row) for row in probabilities]
+        """Answers for preprocessed images, each a (V, 3, 32, 32) uint8 stack of views."""
+        return [
+            prediction_body(binary, types if self.corruption_type else None)
+            for binary, types in self.probabilities(images)
+        ]
 
     def predict(self, payloads: Sequence[bytes | BadImageError]) -> list[Result]:
         """Score a batch of encoded images; each bad one becomes its own BadImageError.

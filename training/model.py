@@ -17,16 +17,55 @@ import torch
 import torchvision
 from torch import nn
 
+from training.corruptions import TYPES
+
 LABELS = ("clean", "corrupted")
-ARCHITECTURE = "resnet18-stem3x3s2"
+ARCHITECTURE = "resnet18-stem3x3s2-typehead"
+FEATURES = 512  # ResNet18's pooled feature width
 
 
-def build_model() -> nn.Module:
-    """ResNet18 with the 32x32 stem described above and two logits (clean, corrupted)."""
-    model = torchvision.models.resnet18(weights=None, num_classes=len(LABELS))
-    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1, bias=False)
-    model.maxpool = nn.Identity()
-    return model
+class CorruptionNet(nn.Module):
+    """A shared ResNet18 trunk with two heads: clean vs corrupted, and the corruption type (`TYPES`).
+
+    `forward` returns the calibrated binary logits, so every caller (the API, Grad-CAM,
+    benchmarks) gets the shipped probabilities; `heads` gives the raw logits of both
+    heads for training and calibration. Calibration lives in two buffers saved with the
+    weights: a temperature and a logit offset for "corrupted" (see training/calibrate.py).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = torchvision.models.resnet18(weights=None)
+        self.trunk.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1, bias=False)
+        self.trunk.maxpool = nn.Identity()
+        self.trunk.fc = nn.Identity()
+        self.binary_head = nn.Linear(FEATURES, len(LABELS))
+        self.type_head = nn.Linear(FEATURES, len(TYPES))
+        self.register_buffer("temperature", torch.ones(()))
+        self.register_buffer("corrupted_logit_offset", torch.zeros(()))
+
+    def heads(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uncalibrated (binary, type) logits."""
+        features = self.trunk(images)
+        return self.binary_head(features), self.type_head(features)
+
+    def calibrate(self, binary_logits: torch.Tensor) -> torch.Tensor:
+        """Temperature-scale binary logits and shift the "corrupted" one by the operating offset."""
+        offset = torch.stack([torch.zeros_like(self.corrupted_logit_offset), self.corrupted_logit_offset])
+        return binary_logits / self.temperature + offset
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.calibrate(self.heads(images)[0])
+
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calibrated (clean, corrupted) probabilities and type probabilities, in one pass."""
+        binary, types = self.heads(images)
+        return self.calibrate(binary).float().softmax(dim=1), types.float().softmax(dim=1)
+
+
+def build_model() -> CorruptionNet:
+    """A freshly initialised detector (ResNet18 trunk with the 32x32 stem described above)."""
+    return CorruptionNet()
 
 
 def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
@@ -36,14 +75,21 @@ def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, Any]) -> N
         for name, tensor in model.state_dict().items()
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"architecture": ARCHITECTURE, "labels": list(LABELS), "state_dict": state, "metadata": metadata}, path)
+    checkpoint = {"architecture": ARCHITECTURE, "labels": list(LABELS), "types": list(TYPES), "state_dict": state}
+    torch.save({**checkpoint, "metadata": metadata}, path)
 
 
-def load_model(path: Path, device: torch.device | str = "cpu") -> nn.Module:
-    """Load a checkpoint written by `save_checkpoint` as an fp32 model in eval mode."""
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint dictionary, refusing one of another architecture."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if checkpoint.get("architecture") != ARCHITECTURE:
         raise ValueError(f"{path} holds {checkpoint.get('architecture')!r}, expected {ARCHITECTURE!r}")
+    return checkpoint
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> CorruptionNet:
+    """Load a checkpoint written by `save_checkpoint` as an fp32 model in eval mode."""
+    checkpoint = read_checkpoint(path)
     model = build_model()
     model.load_state_dict(
         {

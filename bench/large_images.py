@@ -1,0 +1,65 @@
+"""Cost of large images: decode + views (whole image and tiles) + forward pass, per image and per megapixel.
+
+python -m bench.large_images [--repeats 5]
+
+Each size is a real photograph (scikit-image's astronaut) resized and saved as a
+quality-90 JPEG, scored in-process one image at a time on one torch thread, as
+one TorchServe worker does. Images with a shorter side under TILED_MIN_SIDE take
+the training path only (one 32x32 view); larger ones add tiles (training/preprocessing.py).
+"""
+
+import argparse
+import io
+import time
+
+import torch
+from PIL import Image
+
+from training.archive import SHIPPED_WEIGHTS
+from training.inference import CorruptionDetector, prepare
+from training.photos import load_photos
+
+SIZES = ((64, 48), (320, 240), (1024, 768), (2048, 1536), (4000, 3000), (8000, 6000))
+
+
+def jpeg_of_size(photo: Image.Image, size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    photo.resize(size, Image.Resampling.BICUBIC).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def best_of(repeats: int, work) -> float:
+    """The fastest of `repeats` timed calls, in seconds: the machine is shared, noise only adds time."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    detector = CorruptionDetector(SHIPPED_WEIGHTS)
+    photo = Image.open(io.BytesIO(next(p for p in load_photos() if p.name == "astronaut").data)).convert("RGB")
+    print("| size | MP | views | decode + views ms | forward ms | total ms | ms per MP |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for width, height in SIZES:
+        data = jpeg_of_size(photo, (width, height))
+        views = prepare(data).input
+        decode = best_of(args.repeats, lambda d=data: prepare(d))
+        forward = best_of(args.repeats, lambda v=views: detector.predict_inputs([v]))
+        megapixels = width * height / 1e6
+        total = 1000 * (decode + forward)
+        print(
+            f"| {width}x{height} | {megapixels:.2f} | {len(views)} | {1000 * decode:.1f} | {1000 * forward:.1f} "
+            f"| {total:.1f} | {total / megapixels:.0f} |"
+        )
+    print("\nBest of", args.repeats, "runs per cell, one torch thread, in-process (no HTTP).")
+
+
+if __name__ == "__main__":
+    main()

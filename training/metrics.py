@@ -1,0 +1,144 @@
+"""Detection metrics of a model on clean images and their corrupted copies (light: used while training)."""
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from training.calibrate import expected_calibration_error
+from training.corruptions import KINDS, SEVERITIES, TYPES
+from training.model import CorruptionNet
+
+# A sample is called corrupted when P(corrupted) > THRESHOLD, as the API's label does.
+THRESHOLD = 0.5
+# Severities the targets are about: 1 and 2 are deliberately subtle and reported, not targeted.
+TARGET_SEVERITIES = (3, 4, 5)
+
+
+@dataclass
+class Scores:
+    """Per-sample outputs with the sample's ground truth.
+
+    corrupted_probability is what the API answers (calibrated); raw_margin is the
+    uncalibrated corrupted-minus-clean logit; type_probability has a column per TYPES.
+    """
+
+    corrupted_probability: torch.Tensor
+    raw_margin: torch.Tensor
+    type_probability: torch.Tensor
+    label: torch.Tensor
+    kind: torch.Tensor
+    severity: torch.Tensor
+
+
+@torch.inference_mode()
+def score(
+    model: CorruptionNet,
+    dataset: Dataset,
+    device: torch.device,
+    batch_size: int = 256,
+    workers: int = 0,
+    progress: bool = True,
+) -> Scores:
+    """Run the model over a dataset of (normalised image, label, kind, severity) items."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for images, labels, kinds, severities in tqdm(
+        loader, desc="scoring", unit="batch", disable=not progress, leave=False
+    ):
+        binary, types = model.heads(images.to(device, non_blocking=True))
+        calibrated = model.calibrate(binary).float().softmax(dim=1)[:, 1]
+        margin = (binary[:, 1] - binary[:, 0]).float()
+        outputs = (calibrated.cpu(), margin.cpu(), types.float().softmax(dim=1).cpu())
+        parts.append((*outputs, labels, kinds, severities))
+    return Scores(*(torch.cat(column) for column in zip(*parts, strict=True)))
+
+
+def _rate(mask: torch.Tensor, flagged: torch.Tensor) -> float:
+    return float(flagged[mask].float().mean()) if mask.any() else float("nan")
+
+
+def auroc(scores: Scores, kind: int, severities: tuple[int, ...] = SEVERITIES) -> float:
+    """Area under the ROC curve separating clean images from one kind (at the given severities).
+
+    Computed as the Mann-Whitney statistic: the chance that a corrupted sample's margin is
+    above a clean one's, ties counting half (all pairs at once: fine for evaluation-sized sets).
+    """
+    clean = scores.raw_margin[scores.kind == 0]
+    corrupted = scores.raw_margin[(scores.kind == kind) & torch.isin(scores.severity, torch.tensor(severities))]
+    if not (len(clean) and len(corrupted)):
+        return float("nan")
+    difference = corrupted[:, None] - clean[None, :]
+    return float((difference > 0).double().mean() + 0.5 * (difference == 0).double().mean())
+
+
+def summarise(scores: Scores, names: tuple[str, ...] = KINDS, threshold: float = THRESHOLD) -> dict:
+    """Accuracy, clean false-positive rate, detection rate per kind and per kind x severity, AUROC per kind.
+
+    `names` are the kinds behind kind indices 1.. (the training table unless told otherwise).
+    """
+    flagged = scores.corrupted_probability > threshold
+    clean = scores.kind == 0
+    kinds = range(1, len(names) + 1)
+    detection = {names[k - 1]: _rate(scores.kind == k, flagged) for k in kinds}
+    target = torch.isin(scores.severity, torch.tensor(TARGET_SEVERITIES))
+    false_positive_rate = _rate(clean, flagged)
+    present = [rate for rate in detection.values() if rate == rate]  # kinds absent from a tiny set are NaN
+    mean_detection = sum(present) / len(present)
+    return {
+        "samples": len(flagged),
+        "accuracy": float((flagged == scores.label.bool()).float().mean()),
+        "balanced_accuracy": (1 - false_positive_rate + mean_detection) / 2,
+        "clean_false_positive_rate": false_positive_rate,
+        "detection_rate": detection,
+        "detection_rate_sev3_5": {names[k - 1]: _rate((scores.kind == k) & target, flagged) for k in kinds},
+        "detection_rate_by_severity": {
+            names[k - 1]: {str(s): _rate((scores.kind == k) & (scores.severity == s), flagged) for s in SEVERITIES}
+            for k in kinds
+        },
+        "auroc": {names[k - 1]: auroc(scores, k) for k in kinds},
+        "auroc_sev3_5": {names[k - 1]: auroc(scores, k, TARGET_SEVERITIES) for k in kinds},
+    }
+
+
+def type_confusion(scores: Scores) -> list[list[int]]:
+    """Counts of (true type, predicted type) over TYPES; the training kinds' index is their type's."""
+    predicted = scores.type_probability.argmax(dim=1)
+    matrix = torch.zeros(len(TYPES), len(TYPES), dtype=torch.long)
+    matrix.index_put_((scores.kind, predicted), torch.ones_like(predicted), accumulate=True)
+    return matrix.tolist()
+
+
+def calibration(scores: Scores, temperature: float) -> dict:
+    """ECE and reliability curves of the binary probability: raw, temperature-scaled, and as shipped."""
+    correct_if_corrupted = scores.label.bool()
+    variants = {
+        "raw": torch.sigmoid(scores.raw_margin),
+        "temperature": torch.sigmoid(scores.raw_margin / temperature),
+        "shipped": scores.corrupted_probability,
+    }
+    result = {}
+    for name, corrupted in variants.items():
+        confidence = torch.maximum(corrupted, 1 - corrupted)
+        correct = (corrupted > THRESHOLD) == correct_if_corrupted
+        result[name] = {
+            "ece": expected_calibration_error(confidence, correct),
+            "curve": reliability_curve(confidence, correct),
+        }
+    return result
+
+
+def reliability_curve(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 10) -> list[dict]:
+    """Mean confidence, accuracy and count per equal-width confidence bin over [0.5, 1]."""
+    index = torch.bucketize(confidence, torch.linspace(0.5, 1.0, bins + 1)[1:-1])
+    return [
+        {
+            "confidence": float(confidence[index == b].mean()),
+            "accuracy": float(correct[index == b].float().mean()),
+            "count": int((index == b).sum()),
+        }
+        for b in range(bins)
+        if (index == b).any()
+    ]
