@@ -119,7 +119,10 @@ class CorruptionHandler:
         device = f"cuda:{gpu}" if gpu is not None and torch.cuda.is_available() else "cpu"
         weights = Path(properties["model_dir"]) / context.manifest["model"]["serializedFile"]
         self.detector = CorruptionDetector(
-            weights, device, corruption_type=bool(settings.get("corruption_type", False))
+            weights,
+            device,
+            corruption_type=bool(settings.get("corruption_type", False)),
+            tiles=bool(settings.get("tiles", True)),
         )
         self.explainer = GradCamExplainer(self.detector)
 
@@ -136,7 +139,7 @@ class CorruptionHandler:
         """One JSON body per request; refused inputs get their own 400 and the others still succeed."""
         start = time.perf_counter()
         payloads = [read_payload(row) for row in data]
-        prepared = [prepare(payload) for payload in payloads]
+        prepared = [prepare(payload, self.detector.tiles) for payload in payloads]
         explain = [is_explanation(context, index) for index in range(len(data))]
         results = self.run(prepared, explain)
         responses = []

@@ -93,6 +93,11 @@ def test_corruption_type_is_added_only_when_enabled(handler, tmp_path, subset):
     assert sum(body["corruption_type"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_tiles_setting_reaches_the_detector(handler, tmp_path):
+    assert handler.detector.tiles, "the shipped config scores large images as tiles too"
+    assert not start_handler(tmp_path, tiles=False).detector.tiles
+
+
 def test_request_bytes_reads_every_transport(subset):
     data = good_images(subset)["png"]
     encoded = base64.b64encode(data).decode()

@@ -110,3 +110,10 @@ def test_large_jpeg_is_decoded_at_native_resolution_for_its_tiles(subset):
     photo = encode(sample_rgb(subset).resize((512, 384), Image.Resampling.BICUBIC), "JPEG", quality=90)
     views = image_bytes_to_views(photo)
     assert torch.equal(views, image_to_views(decode_image(photo)))
+
+
+def test_tiles_can_be_switched_off(subset):
+    photo = encode(sample_rgb(subset).resize((512, 384), Image.Resampling.BICUBIC), "JPEG", quality=90)
+    whole_only = image_bytes_to_views(photo, tiles=False)
+    assert whole_only.shape == (1, 3, INPUT_SIZE, INPUT_SIZE)
+    assert (whole_only[0].float() - image_bytes_to_views(photo)[0].float()).abs().mean() < 1.0

@@ -42,18 +42,38 @@ def operating_offset(clean_margins: torch.Tensor, temperature: float, target_fpr
     return -float(torch.quantile(clean_margins / temperature, 1.0 - target_fpr))
 
 
-def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
-    """ECE: the |accuracy - confidence| gap per equal-width confidence bin, weighted by the bin's share."""
-    edges = torch.linspace(0.5, 1.0, bins + 1)
-    index = torch.bucketize(confidence, edges[1:-1])
-    error = 0.0
+def reliability_bins(
+    confidence: torch.Tensor, correct: torch.Tensor, weights: torch.Tensor | None = None, bins: int = 15
+) -> list[dict]:
+    """Per equal-width confidence bin over [0.5, 1]: its share of the (weighted) samples, mean confidence, accuracy.
+
+    `weights` re-balance the classes: a test grid that is 96% corrupted would otherwise
+    judge probabilities meant for another mix of clean and corrupted images.
+    """
+    weights = torch.ones_like(confidence) if weights is None else weights
+    index = torch.bucketize(confidence, torch.linspace(0.5, 1.0, bins + 1)[1:-1])
+    rows = []
     for b in range(bins):
-        members = index == b
-        if members.any():
-            error += float(members.float().mean()) * abs(
-                float(correct[members].float().mean()) - float(confidence[members].mean())
+        w = weights * (index == b)
+        if w.sum() > 0:
+            rows.append(
+                {
+                    "share": float(w.sum() / weights.sum()),
+                    "confidence": float((w * confidence).sum() / w.sum()),
+                    "accuracy": float((w * correct.float()).sum() / w.sum()),
+                }
             )
-    return error
+    return rows
+
+
+def expected_calibration_error(
+    confidence: torch.Tensor, correct: torch.Tensor, weights: torch.Tensor | None = None, bins: int = 15
+) -> float:
+    """ECE: the |accuracy - confidence| gap per equal-width confidence bin, weighted by the bin's share."""
+    return sum(
+        row["share"] * abs(row["accuracy"] - row["confidence"])
+        for row in reliability_bins(confidence, correct, weights, bins)
+    )
 
 
 def calibrate_checkpoint(path: Path, validation: Dataset, target_fpr: float, device: torch.device) -> dict:

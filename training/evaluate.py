@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> None:
         "heldout_kinds": summarise(scores["heldout"], HELDOUT_KINDS),
         "baseline": {name: summarise(baseline_by_grid[name], names[name]) for name in grids},
         "type_confusion": type_confusion(scores["training"]),
-        "calibration": calibration(scores["training"], float(model.temperature)),
+        "calibration": calibration(
+            scores["training"], float(model.temperature), float(torch.sigmoid(model.corrupted_logit_offset))
+        ),
         "photos": [] if args.no_photos else evaluate_photos(CorruptionDetector(args.model, device), load_photos()),
     }
     write_report(results, args.reports)

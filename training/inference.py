@@ -25,11 +25,11 @@ class Prepared(NamedTuple):
     seconds: float
 
 
-def prepare(payload: bytes | BadImageError) -> Prepared:
-    """Decode and resize one payload, timed; an error an adapter already found passes through."""
+def prepare(payload: bytes | BadImageError, tiles: bool = True) -> Prepared:
+    """Decode one payload into its views, timed; an error an adapter already found passes through."""
     start = time.perf_counter()
     try:
-        item = payload if isinstance(payload, BadImageError) else image_bytes_to_views(payload)
+        item = payload if isinstance(payload, BadImageError) else image_bytes_to_views(payload, tiles)
     except BadImageError as error:
         item = error
     return Prepared(item, time.perf_counter() - start)
@@ -88,13 +88,17 @@ def error_body(error: BadImageError) -> dict:
 class CorruptionDetector:
     """Loads the checkpoint once and scores batches of encoded images.
 
-    With `corruption_type`, answers also carry the type head's probabilities.
+    With `corruption_type`, answers also carry the type head's probabilities; without
+    `tiles`, large images are seen whole only (see preprocessing.image_bytes_to_views).
     """
 
-    def __init__(self, weights: Path, device: torch.device | str = "cpu", corruption_type: bool = False) -> None:
+    def __init__(
+        self, weights: Path, device: torch.device | str = "cpu", corruption_type: bool = False, tiles: bool = True
+    ) -> None:
         self.device = torch.device(device)
         self.model = load_model(weights, self.device)
         self.corruption_type = corruption_type
+        self.tiles = tiles
 
     @torch.inference_mode()
     def probabilities(self, images: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -117,4 +121,4 @@ class CorruptionDetector:
         Errors an adapter already found while reading a request pass through in
         place, so one bad item never costs the rest of the batch its answer.
         """
-        return run_on_inputs([prepare(payload) for payload in payloads], self.predict_inputs)
+        return run_on_inputs([prepare(payload, self.tiles) for payload in payloads], self.predict_inputs)

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from training.calibrate import expected_calibration_error
+from training.calibrate import expected_calibration_error, reliability_bins
 from training.corruptions import KINDS, SEVERITIES, TYPES
 from training.model import CorruptionNet
 
@@ -111,34 +111,31 @@ def type_confusion(scores: Scores) -> list[list[int]]:
     return matrix.tolist()
 
 
-def calibration(scores: Scores, temperature: float) -> dict:
-    """ECE and reliability curves of the binary probability: raw, temperature-scaled, and as shipped."""
-    correct_if_corrupted = scores.label.bool()
+def class_weights(labels: torch.Tensor, corrupted_share: float) -> torch.Tensor:
+    """Per-sample weights that make corrupted samples `corrupted_share` of the total weight."""
+    corrupted = labels.bool()
+    return torch.where(corrupted, corrupted_share / corrupted.sum(), (1 - corrupted_share) / (~corrupted).sum())
+
+
+def calibration(scores: Scores, temperature: float, operating_prior: float) -> dict:
+    """ECE and reliability curves of the binary probability: raw, temperature-scaled, and as shipped.
+
+    Each is judged on the class mix it is meant for: raw and temperature-scaled probabilities on a
+    balanced mix (the validation split's), the shipped ones at the operating prior (training/calibrate.py).
+    """
     variants = {
-        "raw": torch.sigmoid(scores.raw_margin),
-        "temperature": torch.sigmoid(scores.raw_margin / temperature),
-        "shipped": scores.corrupted_probability,
+        "raw": (torch.sigmoid(scores.raw_margin), 0.5),
+        "temperature": (torch.sigmoid(scores.raw_margin / temperature), 0.5),
+        "shipped": (scores.corrupted_probability, operating_prior),
     }
     result = {}
-    for name, corrupted in variants.items():
+    for name, (corrupted, prior) in variants.items():
         confidence = torch.maximum(corrupted, 1 - corrupted)
-        correct = (corrupted > THRESHOLD) == correct_if_corrupted
+        correct = (corrupted > THRESHOLD) == scores.label.bool()
+        weights = class_weights(scores.label, prior)
         result[name] = {
-            "ece": expected_calibration_error(confidence, correct),
-            "curve": reliability_curve(confidence, correct),
+            "corrupted_share": prior,
+            "ece": expected_calibration_error(confidence, correct, weights),
+            "curve": reliability_bins(confidence, correct, weights, bins=10),
         }
     return result
-
-
-def reliability_curve(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 10) -> list[dict]:
-    """Mean confidence, accuracy and count per equal-width confidence bin over [0.5, 1]."""
-    index = torch.bucketize(confidence, torch.linspace(0.5, 1.0, bins + 1)[1:-1])
-    return [
-        {
-            "confidence": float(confidence[index == b].mean()),
-            "accuracy": float(correct[index == b].float().mean()),
-            "count": int((index == b).sum()),
-        }
-        for b in range(bins)
-        if (index == b).any()
-    ]

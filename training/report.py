@@ -292,13 +292,14 @@ def write_report(results: dict, folder: Path) -> Path:
         "",
         "## Calibration",
         "",
-        f"Expected calibration error on the test grid (15 bins): raw {ece['raw']:.3f}, after temperature "
-        f"scaling (T = {buffers['temperature']:.3f}, fitted on the validation split) {ece['temperature']:.3f}, "
-        f"as shipped {ece['shipped']:.3f}. The shipped probabilities add the operating offset "
-        f"{buffers['corrupted_logit_offset']:+.3f} to the corrupted logit, chosen on the validation split for a "
-        f"2% clean false-positive rate: they are calibrated for a stream in which "
-        f"{1 / (1 + math.exp(-buffers['corrupted_logit_offset'])):.0%} of images are corrupted, "
-        "not the test grid's 96%, so their ECE here is not the one to judge (`training/calibrate.py`).",
+        f"Expected calibration error on the test grid (15 bins), with the samples re-weighted to the class mix "
+        f"each probability is meant for (the grid itself is 96% corrupted): raw {ece['raw']:.3f} and after "
+        f"temperature scaling (T = {buffers['temperature']:.3f}, fitted on the validation split) "
+        f"{ece['temperature']:.3f}, both on a balanced mix like the validation split's; as shipped "
+        f"{ece['shipped']:.3f} on a mix with {results['calibration']['shipped']['corrupted_share']:.0%} corrupted "
+        f"images. The shipped probabilities add the operating offset {buffers['corrupted_logit_offset']:+.3f} to the "
+        "corrupted logit, chosen on the validation split for a 2% clean false-positive rate: a change of prior, "
+        "so they are calibrated for a stream with that share of corrupted images (`training/calibrate.py`).",
         "",
         "![reliability](reliability.png)",
         "",
