@@ -5,7 +5,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from training.calibrate import expected_calibration_error, fit_temperature, operating_offset
-from training.metrics import Scores, auroc
+from training.metrics import Scores, auroc, class_weights
 
 
 def test_temperature_fit_recovers_the_temperature_that_generated_the_labels():
@@ -41,3 +41,10 @@ def test_auroc_matches_scikit_learn_with_ties():
     expected = roc_auc_score((kind[keep] == 1).numpy(), margins[keep].numpy())
     assert auroc(scores, 1) == pytest.approx(expected)
     assert auroc(scores, 1, severities=(5,)) != auroc(scores, 1, severities=(5,)), "no samples: NaN"
+
+
+def test_class_weights_give_each_class_its_share():
+    labels = torch.tensor([1] * 96 + [0] * 4)
+    weights = class_weights(labels, corrupted_share=0.27)
+    assert float(weights[labels == 1].sum()) == pytest.approx(0.27)
+    assert float(weights.sum()) == pytest.approx(1.0)

@@ -28,7 +28,8 @@ from training.inference import CorruptionDetector
 from training.metrics import Scores, calibration, score, summarise, type_confusion
 from training.model import load_model
 from training.photos import Photo, jpeg_quality, load_photos
-from training.preprocessing import normalise
+from training.preprocessing import decode_image, normalise
+from training.report import write_report
 
 
 class Materialised(Dataset):
@@ -105,35 +106,16 @@ def photo_variant(image: torch.Tensor, kind: str, seed: int) -> bytes:
 
 def photo_cases(photos: list[Photo]) -> list[dict]:
     """Every photo as published, re-encoded at camera quality, and under each training kind."""
-    from training.preprocessing import decode_image
-
     cases = []
     for index, photo in enumerate(photos):
         image = torch.from_numpy(np.array(decode_image(photo.data))).permute(2, 0, 1).contiguous()
-        size = f"{image.shape[2]}x{image.shape[1]}"
-        quality = jpeg_quality(photo.data)
-        cases.append(
-            {
-                "photo": photo.name,
-                "size": size,
-                "variant": "original",
-                "label": 0,
-                "data": photo.data,
-                "jpeg_quality": quality,
-            }
-        )
-        cases.append(
-            {
-                "photo": photo.name,
-                "size": size,
-                "variant": f"jpeg q{CAMERA_QUALITY}",
-                "label": 0,
-                "data": encode_jpeg(image, CAMERA_QUALITY),
-            }
-        )
+        about = {"photo": photo.name, "size": f"{image.shape[2]}x{image.shape[1]}"}
+        cases.append({**about, "variant": "original", "label": 0, "data": photo.data,
+                      "jpeg_quality": jpeg_quality(photo.data)})  # fmt: skip
+        cases.append({**about, "variant": f"jpeg q{CAMERA_QUALITY}", "label": 0,
+                      "data": encode_jpeg(image, CAMERA_QUALITY)})  # fmt: skip
         for kind in KINDS:
-            data = photo_variant(image, kind, seed=index)
-            cases.append({"photo": photo.name, "size": size, "variant": kind, "label": 1, "data": data})
+            cases.append({**about, "variant": kind, "label": 1, "data": photo_variant(image, kind, seed=index)})
     return cases
 
 
@@ -171,8 +153,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from training.report import write_report  # report draws with matplotlib; keep `score` import-light
-
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.model, device)
