@@ -76,6 +76,13 @@ def test_both_heads_answer(trained):
     assert torch.allclose(binary.sum(dim=1), torch.ones(2)) and torch.allclose(types.sum(dim=1), torch.ones(2))
 
 
+def test_fine_tuning_starts_from_a_checkpoint_with_its_calibration_reset(trained):
+    start = train.initial_model(trained / "model.pt")
+    assert float(start.temperature) == 1.0 and float(start.corrupted_logit_offset) == 0.0
+    original = load_model(trained / "model.pt")
+    assert torch.equal(start.binary_head.weight, original.binary_head.weight)
+
+
 def test_extra_data_trains_but_never_validates(subset):
     args = train.parse_args(
         ["--data", str(subset / "train"), "--extra-data", str(subset / "test"), "--limit", "40", "--out", "unused"]

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from training.calibrate import calibrate_checkpoint
 from training.data import CorruptionDataset, load_clean_images, split_indices
 from training.metrics import score, summarise
-from training.model import CorruptionNet, build_model, save_checkpoint
+from training.model import CorruptionNet, build_model, load_model, save_checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 on CPU, 4 on CUDA)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
+    parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights (fine-tuning)")
     parser.add_argument("--out", type=Path, default=Path("checkpoints"))
     return parser.parse_args(argv)
 
@@ -71,6 +72,14 @@ def start_distributed(device: torch.device) -> tuple[int, int]:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
+
+
+def initial_model(path: Path) -> CorruptionNet:
+    """A checkpoint's weights to fine-tune, with its calibration reset: calibrate_checkpoint fits it anew."""
+    model = load_model(path)
+    model.temperature.fill_(1.0)
+    model.corrupted_logit_offset.zero_()
+    return model
 
 
 def training_images(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         pin_memory=device.type == "cuda",
     )
 
-    model = build_model().to(device)
+    model = (initial_model(args.init) if args.init else build_model()).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     trainer: nn.Module = BothHeads(model)
