@@ -3,10 +3,11 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.torchserve_process import TorchServe, running_torchserve
 from training.archive import SHIPPED_WEIGHTS, build_archive
-from training.data import SUBSET
+from training.data import SUBSET, load_clean_images
 
 
 @pytest.fixture(scope="session")
@@ -14,6 +15,12 @@ def subset() -> Path:
     """The lossless CIFAR-10 subset laid beside the project (../shared/data)."""
     assert SUBSET.is_dir(), f"test data missing: {SUBSET}"
     return SUBSET
+
+
+@pytest.fixture(scope="session")
+def images(subset: Path) -> torch.Tensor:
+    """Twenty real CIFAR-10 test images as uint8 CHW tensors (test_data.py uses its own training images)."""
+    return load_clean_images(str(subset / "test"), limit=20)
 
 
 @pytest.fixture(scope="session")

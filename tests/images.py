@@ -6,6 +6,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 
@@ -69,3 +70,8 @@ def bad_images(subset: Path) -> dict[str, tuple[bytes, str]]:
         "over_limit_png": (png_header_only(8000, 8000), "too_many_pixels"),
         "pdf": (b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n", "not_an_image"),
     }
+
+
+def mean_abs_change(clean: torch.Tensor, corrupted: torch.Tensor) -> float:
+    """Mean absolute pixel change between two uint8 images, in uint8 levels."""
+    return float((clean.float() - corrupted.float()).abs().mean())

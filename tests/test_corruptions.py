@@ -4,20 +4,8 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as F
 
-from tests.images import sample_rgb
+from tests.images import mean_abs_change, sample_rgb
 from training.corruptions import CORRUPTIONS, KINDS, SEVERITIES, corrupt
-
-
-@pytest.fixture(scope="module")
-def images(subset) -> torch.Tensor:
-    """Twenty real CIFAR-10 test images as uint8 CHW tensors."""
-    from training.data import load_clean_images
-
-    return load_clean_images(str(subset / "test"), limit=20)
-
-
-def mean_abs_change(clean: torch.Tensor, corrupted: torch.Tensor) -> float:
-    return float((clean.float() - corrupted.float()).abs().mean())
 
 
 def test_five_families_with_five_severities():

@@ -8,6 +8,7 @@ import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
 
+from tests.images import mean_abs_change
 from training.corruptions import KINDS, SEVERITIES
 from training.heldout import HELDOUT, HELDOUT_KINDS, corrupt_heldout
 
@@ -15,18 +16,6 @@ RANDOM_KINDS = {"shot_noise", "impulse_noise", "speckle_noise", "glass_blur", "m
 # The reference's own parameters are not monotone in visible change for these three.
 NON_MONOTONE = {"glass_blur", "saturate", "elastic_transform"}
 TIE = 0.1  # uint8 levels of mean absolute change allowed between neighbouring severities
-
-
-@pytest.fixture(scope="module")
-def images(subset) -> torch.Tensor:
-    """Twenty real CIFAR-10 test images as uint8 CHW tensors."""
-    from training.data import load_clean_images
-
-    return load_clean_images(str(subset / "test"), limit=20)
-
-
-def mean_abs_change(clean: torch.Tensor, corrupted: torch.Tensor) -> float:
-    return float((clean.float() - corrupted.float()).abs().mean())
 
 
 def test_table_holds_the_required_kinds_none_of_them_trained_on():

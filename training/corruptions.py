@@ -21,6 +21,7 @@ second head predicts (`TYPES`). Parameters per severity 1..5:
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,10 +107,19 @@ def corrupt(image: torch.Tensor, kind: str, severity: float, seed: int) -> torch
     seeded here: results do not depend on what ran before or on DataLoader workers.
     """
     corruption = CORRUPTIONS[kind]
-    value = corruption.value(severity)
+    return apply_seeded(corruption.apply, image, corruption.value(severity), seed)
+
+
+def apply_seeded(
+    apply: Callable[[torch.Tensor, Any], torch.Tensor], image: torch.Tensor, value: Any, seed: int
+) -> torch.Tensor:
+    """`apply(image, value)` under torch's global generator forked and seeded with `seed`.
+
+    The same seed gives the same result, and the caller's generator state is left untouched.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return corruption.apply(image, value)
+        return apply(image, value)
 
 
 def camera_jpeg(image: torch.Tensor, seed: int) -> torch.Tensor:

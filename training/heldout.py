@@ -57,7 +57,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage import color, filters, util
 
-from training.corruptions import SEVERITIES
+from training.corruptions import SEVERITIES, apply_seeded
 
 Parameter = float | tuple[float, ...]
 
@@ -318,7 +318,4 @@ def corrupt_heldout(image: torch.Tensor, kind: str, severity: int, seed: int) ->
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected a uint8 (3, H, W) image, got {image.dtype} {tuple(image.shape)}")
     corruption = HELDOUT[kind]
-    value = corruption.value(severity)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return corruption.apply(image, value)
+    return apply_seeded(corruption.apply, image, corruption.value(severity), seed)
