@@ -104,6 +104,8 @@ def test_evaluate_writes_the_robustness_report(trained, subset, tmp_path):
     assert results["heldout_kinds"]["samples"] == 12 * (1 + len(HELDOUT_KINDS) * len(SEVERITIES))
     assert set(results["baseline"]["heldout"]["auroc"]) == set(HELDOUT_KINDS)
     assert sum(map(sum, results["type_confusion"])) == results["training_kinds"]["samples"]
+    assert sum(results["training_kinds"]["confusion"][0]) == 12, "the clean row holds every clean image"
+    assert sum(map(sum, results["training_kinds"]["confusion"])) == results["training_kinds"]["samples"]
     assert set(results["calibration"]) == {"raw", "temperature", "shipped"}
     report = (reports / "robustness.md").read_text()
     for section in ("## Targets", "## Training kinds", "## Held-out kinds", "## Heuristic baseline", "## Calibration"):

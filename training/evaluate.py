@@ -26,7 +26,6 @@ from training.data import SUBSET, CorruptionDataset, CorruptionGrid, load_clean_
 from training.heldout import HELDOUT_KINDS, corrupt_heldout
 from training.inference import CorruptionDetector
 from training.metrics import Scores, calibration, score, summarise, type_confusion
-from training.model import load_model
 from training.photos import Photo, jpeg_quality, load_photos
 from training.preprocessing import decode_image, normalise
 from training.report import write_report
@@ -155,7 +154,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.model, device)
+    detector = CorruptionDetector(args.model, device)  # its model scores the grids; the photos go through it whole
+    model = detector.model
     images = load_clean_images(args.data, limit=args.limit, train=False)
     grids = {
         "training": Materialised(CorruptionGrid(images, seed=args.seed)),
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         "calibration": calibration(
             scores["training"], float(model.temperature), float(torch.sigmoid(model.corrupted_logit_offset))
         ),
-        "photos": [] if args.no_photos else evaluate_photos(CorruptionDetector(args.model, device), load_photos()),
+        "photos": [] if args.no_photos else evaluate_photos(detector, load_photos()),
     }
     write_report(results, args.reports)
 

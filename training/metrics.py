@@ -92,6 +92,11 @@ def summarise(scores: Scores, names: tuple[str, ...] = KINDS, threshold: float =
         "accuracy": float((flagged == scores.label.bool()).float().mean()),
         "balanced_accuracy": (1 - false_positive_rate + mean_detection) / 2,
         "clean_false_positive_rate": false_positive_rate,
+        # [[clean kept, clean flagged], [corrupted missed, corrupted caught]]
+        "confusion": [
+            [int((clean & ~flagged).sum()), int((clean & flagged).sum())],
+            [int((~clean & ~flagged).sum()), int((~clean & flagged).sum())],
+        ],
         "detection_rate": detection,
         "detection_rate_sev3_5": {names[k - 1]: _rate((scores.kind == k) & target, flagged) for k in kinds},
         "detection_rate_by_severity": {

@@ -216,21 +216,13 @@ def draw_reliability(calibration: dict, path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
-def binary_confusion(metrics: dict, clean_count: int) -> list[list[int]]:
-    """[[clean kept, clean flagged], [corrupted missed, corrupted caught]] from rates and sample counts."""
-    corrupted_count = metrics["samples"] - clean_count
-    flagged_clean = round(metrics["clean_false_positive_rate"] * clean_count)
-    caught = round(sum(metrics["detection_rate"].values()) / len(metrics["detection_rate"]) * corrupted_count)
-    return [[clean_count - flagged_clean, flagged_clean], [corrupted_count - caught, caught]]
-
-
 def write_report(results: dict, folder: Path) -> Path:
     """Write robustness.md, robustness.json and the figures into `folder`; returns the markdown path."""
     folder.mkdir(parents=True, exist_ok=True)
     training, heldout = results["training_kinds"], results["heldout_kinds"]
     draw_severity_curves(training, KINDS, "Training kinds", folder / "detection_by_severity.png")
     draw_severity_curves(heldout, HELDOUT_KINDS, "Held-out kinds (CIFAR-10-C)", folder / "heldout_by_severity.png")
-    binary = binary_confusion(training, results["images"])
+    binary = training["confusion"]
     draw_matrix(binary, ("clean", "corrupted"), "Clean vs corrupted", folder / "confusion_binary.png")
     draw_matrix(results["type_confusion"], TYPES, "Corruption type", folder / "confusion_types.png")
     draw_auroc_bars(results, folder / "auroc_by_kind.png")
