@@ -36,8 +36,10 @@ RUN read -ra pip_args <<< "${PIP_ARGS}" \
         -r /build/torch-requirements.txt \
     && /opt/venv/bin/pip install --no-cache-dir "${pip_args[@]}" -r /build/requirements.txt \
     && /opt/venv/bin/pip check
-# The archive is built here from the shipped weights, with the same code as `make archive`.
-COPY training/ /build/training/
+# The archive is built here from the shipped weights, with the same code as `make archive`: it packs the
+# serving core (detector/) whole, with the handler.
+COPY detector/ /build/detector/
+COPY training/__init__.py training/archive.py /build/training/
 COPY handler/ /build/handler/
 COPY weights/model.pt /build/weights/model.pt
 WORKDIR /build

@@ -37,12 +37,12 @@ train: install  ## train a model: DATA=folder|cifar10 [EXTRA_DATA=folders] EPOCH
 	$(BIN)/python -m training.train --data $(DATA) $(if $(EXTRA_DATA),--extra-data $(EXTRA_DATA)) --epochs $(EPOCHS) --out weights
 
 evaluate: install  ## regenerate reports/robustness.md and its figures for WEIGHTS on TEST_DATA
-	$(BIN)/python -m training.evaluate --model $(WEIGHTS) --data $(TEST_DATA)
+	$(BIN)/python -m evaluation.evaluate --model $(WEIGHTS) --data $(TEST_DATA)
 
 archive: install  ## build model_store/corruption.mar (VERSION=2.0 -> corruption-2.0.mar) from WEIGHTS
 	$(BIN)/python -m training.archive --weights $(WEIGHTS) --version $(VERSION)
 
-$(MAR): $(INSTALLED) $(WEIGHTS) handler/corruption_handler.py handler/model-config.yaml $(wildcard training/*.py)
+$(MAR): $(INSTALLED) $(WEIGHTS) handler/corruption_handler.py handler/model-config.yaml $(wildcard detector/*.py) training/archive.py
 	$(BIN)/python -m training.archive --weights $(WEIGHTS) --version 1.0
 
 serve: $(MAR)  ## serve the default model in the foreground (Ctrl-C stops it)

@@ -23,9 +23,9 @@ from pathlib import Path
 import psutil
 from PIL import Image
 
+from bench.inputs import sample_rgb
 from bench.run import http_load, sample_images
-from tests.images import sample_rgb
-from tests.torchserve_process import TorchServe, serving_weights
+from bench.torchserve import TorchServe, serving_weights
 from training.archive import SHIPPED_WEIGHTS
 from training.data import SUBSET
 

@@ -5,7 +5,7 @@ python -m bench.large_images [--repeats 5]
 Each size is a real photograph (scikit-image's astronaut) resized and saved as a
 quality-90 JPEG, scored in-process one image at a time on one torch thread, as
 one TorchServe worker does. Images with a shorter side under TILED_MIN_SIDE take
-the training path only (one 32x32 view); larger ones add tiles (training/preprocessing.py).
+the training path only (one 32x32 view); larger ones add tiles (detector/preprocessing.py).
 """
 
 import argparse
@@ -15,9 +15,10 @@ import time
 import torch
 from PIL import Image
 
+from detector.inference import CorruptionDetector
+from detector.preprocessing import image_bytes_to_views
+from evaluation.photos import load_photos
 from training.archive import SHIPPED_WEIGHTS
-from training.inference import CorruptionDetector, prepare
-from training.photos import load_photos
 
 SIZES = ((64, 48), (320, 240), (1024, 768), (2048, 1536), (4000, 3000), (8000, 6000))
 
@@ -49,9 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for width, height in SIZES:
         data = jpeg_of_size(photo, (width, height))
-        views = prepare(data).input
-        decode = best_of(args.repeats, lambda d=data: prepare(d))
-        forward = best_of(args.repeats, lambda v=views: detector.predict_inputs([v]))
+        views = image_bytes_to_views(data)
+        decode = best_of(args.repeats, lambda d=data: image_bytes_to_views(d))
+        forward = best_of(args.repeats, lambda v=views: detector.answer([v]))
         megapixels = width * height / 1e6
         total = 1000 * (decode + forward)
         print(

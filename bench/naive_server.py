@@ -13,9 +13,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from detector.inference import CorruptionDetector, error_body
+from detector.preprocessing import BadImageError
 from training.archive import SHIPPED_WEIGHTS
-from training.inference import CorruptionDetector, error_body
-from training.preprocessing import BadImageError
 
 WEIGHTS = Path(os.environ.get("WEIGHTS", SHIPPED_WEIGHTS))
 

@@ -25,12 +25,12 @@ import requests
 import torch
 from PIL import Image
 
-from tests.images import sample_rgb
-from tests.torchserve_process import ROOT, free_port, serving_weights
+from bench.inputs import sample_rgb
+from bench.torchserve import ROOT, free_port, serving_weights
+from detector.inference import CorruptionDetector
+from detector.preprocessing import image_bytes_to_views
 from training.archive import SHIPPED_WEIGHTS
 from training.data import SUBSET
-from training.inference import CorruptionDetector
-from training.preprocessing import image_bytes_to_views
 
 SERVING_BATCH = 8
 PATH = "predictions/corruption"
@@ -59,7 +59,7 @@ def in_process_rates(detector: CorruptionDetector, data: bytes, seconds: float) 
     views = image_bytes_to_views(data)
     rates = {}
     for batch in (1, SERVING_BATCH):
-        rates[f"forward b{batch}"] = rate(lambda b=batch: len(detector.predict_inputs([views] * b)), seconds)
+        rates[f"forward b{batch}"] = rate(lambda b=batch: len(detector.answer([views] * b)), seconds)
         rates[f"decode+forward b{batch}"] = rate(lambda b=batch: len(detector.predict([data] * b)), seconds)
     return rates
 

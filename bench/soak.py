@@ -21,8 +21,8 @@ import psutil
 import requests
 from PIL import Image
 
-from tests.images import bad_images, good_images
-from tests.torchserve_process import TorchServe, serving_weights
+from bench.inputs import bad_images, good_images
+from bench.torchserve import TorchServe, serving_weights
 from training.archive import SHIPPED_WEIGHTS
 from training.data import SUBSET
 

@@ -1,10 +1,12 @@
 """TorchServe adapter: TorchServe's requests in, the API schema out, nothing else.
 
-All image and model logic lives in the `training` package (packed into the
-.mar next to this file); this class only reads request bodies, routes
-explanation requests (POST /explanations/<model>) to Grad-CAM, sets per-item
-HTTP status codes and reports metrics through TorchServe's public Context API,
-and reads its settings from the archive's model-config.yaml (`handler:` section).
+All image and model logic lives in the `detector` package (packed whole into
+the .mar next to this file) and runs through one call, `CorruptionDetector.run`.
+This class only reads request bodies and which requests came through the
+explanations API (POST /explanations/<model>), sets per-item HTTP status codes
+and content types, reports metrics from the records through TorchServe's public
+Context API, and reads its settings from the archive's model-config.yaml
+(`handler:` section).
 """
 
 import base64
@@ -16,9 +18,8 @@ import torch
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 
-from training.explain import GradCamExplainer
-from training.inference import CorruptionDetector, Prepared, Result, error_body, prepare, run_on_inputs
-from training.preprocessing import BadImageError
+from detector.inference import CorruptionDetector, Record, error_body
+from detector.preprocessing import BadImageError
 
 # Where TorchServe puts a request's payload: raw body, or a multipart field.
 PAYLOAD_KEYS = ("data", "body", "file", "image")
@@ -81,25 +82,32 @@ def _observe(metrics, name: str, value: float, unit: str, index: int, dimensions
     metrics.add_metric(name, value, unit, idx=index, dimensions=dimensions, metric_type=MetricTypes.HISTOGRAM)
 
 
-def record_metrics(
-    metrics, payloads: list, prepared: list[Prepared], results: list[Result], explain: list[bool], seconds: float
-) -> None:
+def record_metrics(metrics, records: list[Record], seconds: float) -> None:
     """One observation per request: label and probability, or refusal reason; preprocessing and handler time.
 
     Every request of a batch waited for the whole batch, so each gets the batch's handler time.
     """
     if metrics is None:  # TorchServe always sets one; a Context built in-process may not
         return
-    for index, (payload, item, result) in enumerate(zip(payloads, prepared, results, strict=True)):
-        endpoint = "explanations" if explain[index] else "predictions"
+    for index, record in enumerate(records):
+        endpoint = "explanations" if record.explain else "predictions"
         _observe(metrics, HANDLER_SECONDS, seconds, "Seconds", index, [Dimension("endpoint", endpoint)])
-        if not isinstance(payload, BadImageError):
-            _observe(metrics, PREPROCESS_SECONDS, item.seconds, "Seconds", index, [])
-        if isinstance(result, BadImageError):
-            metrics.add_counter(BAD_INPUTS, 1, idx=index, dimensions=[Dimension("reason", result.reason)])
+        if record.preprocess_seconds is not None:
+            _observe(metrics, PREPROCESS_SECONDS, record.preprocess_seconds, "Seconds", index, [])
+        if record.error is not None:
+            metrics.add_counter(BAD_INPUTS, 1, idx=index, dimensions=[Dimension("reason", record.error.reason)])
         else:
-            metrics.add_counter(PREDICTIONS, 1, idx=index, dimensions=[Dimension("label", result["label"])])
-            _observe(metrics, CORRUPTED_PROBABILITY, result["probs"]["corrupted"], "Probability", index, [])
+            metrics.add_counter(PREDICTIONS, 1, idx=index, dimensions=[Dimension("label", record.body["label"])])
+            _observe(metrics, CORRUPTED_PROBABILITY, record.body["probs"]["corrupted"], "Probability", index, [])
+
+
+def respond(context, index: int, record: Record) -> dict:
+    """The JSON body of request `index`, with its own status: 400 for a refused input, 200 otherwise."""
+    context.set_response_content_type(index, "application/json")
+    if record.error is None:
+        return record.body
+    context.set_response_status(400, record.error.message, idx=index)
+    return error_body(record.error)
 
 
 class CorruptionHandler:
@@ -107,7 +115,6 @@ class CorruptionHandler:
 
     def __init__(self) -> None:
         self.detector: CorruptionDetector | None = None
-        self.explainer: GradCamExplainer | None = None
 
     def initialize(self, context) -> None:
         """Load the checkpoint named in the archive's manifest, with the configured thread count."""
@@ -124,30 +131,13 @@ class CorruptionHandler:
             corruption_type=bool(settings.get("corruption_type", False)),
             tiles=bool(settings.get("tiles", True)),
         )
-        self.explainer = GradCamExplainer(self.detector)
-
-    def run(self, prepared: list[Prepared], explain: list[bool]) -> list[Result]:
-        """Predictions and explanations of one batch, each kind in one pass, back in request order."""
-        runners = {False: self.detector.predict_inputs, True: self.explainer.explain_inputs}
-        answers = {
-            kind: iter(run_on_inputs([item for item, e in zip(prepared, explain, strict=True) if e is kind], run))
-            for kind, run in runners.items()
-        }
-        return [next(answers[kind]) for kind in explain]
 
     def handle(self, data: list[dict], context) -> list[dict]:
         """One JSON body per request; refused inputs get their own 400 and the others still succeed."""
         start = time.perf_counter()
         payloads = [read_payload(row) for row in data]
-        prepared = [prepare(payload, self.detector.tiles) for payload in payloads]
         explain = [is_explanation(context, index) for index in range(len(data))]
-        results = self.run(prepared, explain)
-        responses = []
-        for index, result in enumerate(results):
-            if isinstance(result, BadImageError):
-                context.set_response_status(400, result.message, idx=index)
-                result = error_body(result)
-            context.set_response_content_type(index, "application/json")
-            responses.append(result)
-        record_metrics(context.metrics, payloads, prepared, results, explain, time.perf_counter() - start)
+        records = self.detector.run(payloads, explain)
+        responses = [respond(context, index, record) for index, record in enumerate(records)]
+        record_metrics(context.metrics, records, time.perf_counter() - start)
         return responses

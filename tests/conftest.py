@@ -1,13 +1,29 @@
-"""Shared fixtures: the data subset, the shipped weights, built archives and a real TorchServe."""
+"""Shared fixtures: the data subset, test images, the handler in-process, built archives and a real TorchServe.
+
+Tests that start a server or another process (TorchServe, Prometheus, Chromium, torchrun, kubectl,
+podman) are marked `integration` here, from the fixtures and markers they use, so that
+`pytest -m "not integration"` runs the in-process tests alone.
+"""
 
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.torchserve_process import TorchServe, running_torchserve
+from bench.torchserve import TorchServe, running_torchserve
+from handler.corruption_handler import CorruptionHandler
+from tests.helpers import start_handler
 from training.archive import SHIPPED_WEIGHTS, build_archive
 from training.data import SUBSET, load_clean_images
+
+# Any test using one of these fixtures runs a real server or builds archives with torch-model-archiver.
+INTEGRATION_FIXTURES = {"torchserve", "model_store", "own_server", "prometheus", "browser", "page"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -19,8 +35,14 @@ def subset() -> Path:
 
 @pytest.fixture(scope="session")
 def images(subset: Path) -> torch.Tensor:
-    """Twenty real CIFAR-10 test images as uint8 CHW tensors (test_data.py uses its own training images)."""
+    """Twenty real CIFAR-10 test images as uint8 CHW tensors."""
     return load_clean_images(str(subset / "test"), limit=20)
+
+
+@pytest.fixture(scope="session")
+def handler(tmp_path_factory: pytest.TempPathFactory) -> CorruptionHandler:
+    """The handler initialised as TorchServe does, from the shipped weights and model-config.yaml."""
+    return start_handler(tmp_path_factory.mktemp("model_dir"))
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,10 @@
 import json
 import zipfile
 
+import pytest
 import yaml
 
-from training.archive import SERVING_MODULES, archive_filename
+from training.archive import SHIPPED_WEIGHTS, archive_filename, core_modules, verify_archive
 
 
 def test_versions_get_their_own_file_names():
@@ -23,6 +24,19 @@ def test_archives_hold_weights_handler_config_and_serving_code(model_store):
         assert manifest["model"]["modelVersion"] == version
         assert manifest["model"]["handler"] == "corruption_handler.py"
         assert {"model.pt", "corruption_handler.py", "model-config.yaml"} <= files
-        assert {f"training/{module}" for module in SERVING_MODULES} <= files
-        assert "training/train.py" not in files
+        assert {f"detector/{module.name}" for module in core_modules()} <= files
+        assert not any(name.startswith(("training/", "evaluation/")) for name in files), "only the core is packed"
         assert config["batchSize"] > 1 and config["handler"]["torch_threads"] == 1
+
+
+def test_the_core_is_packed_whole():
+    assert {module.name for module in core_modules()} >= {"corruptions.py", "preprocessing.py", "model.py",
+                                                          "inference.py", "explain.py"}  # fmt: skip
+
+
+def test_an_archive_without_the_weights_is_refused(tmp_path):
+    archive = tmp_path / "broken.mar"
+    with zipfile.ZipFile(archive, "w") as packed:
+        packed.writestr("corruption_handler.py", "")
+    with pytest.raises(RuntimeError, match="missing"):
+        verify_archive(archive, SHIPPED_WEIGHTS)

@@ -6,8 +6,8 @@ import torch
 import torchvision.transforms.v2.functional as F
 from sklearn.metrics import roc_auc_score
 
-from training.baseline import FEATURE_NAMES, HeuristicBaseline, image_features
-from training.corruptions import KINDS, SEVERITIES, corrupt
+from detector.corruptions import KINDS, SEVERITIES, corrupt
+from evaluation.baseline import FEATURE_NAMES, HeuristicBaseline, image_features
 from training.data import load_clean_images
 
 PAIRS = [(kind, severity) for kind in KINDS for severity in SEVERITIES]

@@ -4,8 +4,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from training.calibrate import expected_calibration_error, fit_temperature, operating_offset
-from training.metrics import Scores, auroc, class_weights
+from evaluation.metrics import Scores, auroc, class_weights, expected_calibration_error
+from training.calibrate import OFFSET_BOUND, TEMPERATURE_BOUNDS, fit_temperature, operating_offset
 
 
 def test_temperature_fit_recovers_the_temperature_that_generated_the_labels():
@@ -13,6 +13,26 @@ def test_temperature_fit_recovers_the_temperature_that_generated_the_labels():
     true_margins = torch.randn(20000, generator=generator) * 3
     labels = torch.bernoulli(torch.sigmoid(true_margins), generator=generator).long()
     assert fit_temperature(true_margins * 2.5, labels) == pytest.approx(2.5, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "margins, labels",
+    [
+        (torch.zeros(200), torch.arange(200) % 2),  # constant outputs: nothing to tell apart
+        (torch.randn(200, generator=torch.Generator().manual_seed(3)) * 1e-4, torch.arange(200) % 2),  # ~constant
+        (torch.cat([torch.full((100,), -5.0), torch.full((100,), 5.0)]), torch.arange(200) // 100),  # separable
+        (torch.cat([torch.full((100,), 5.0), torch.full((100,), -5.0)]), torch.arange(200) // 100),  # inverted
+    ],
+    ids=["constant", "near-constant", "separable", "inverted"],
+)
+def test_temperature_stays_within_bounds_on_degenerate_validation_sets(margins, labels):
+    temperature = fit_temperature(margins, labels)
+    assert TEMPERATURE_BOUNDS[0] <= temperature <= TEMPERATURE_BOUNDS[1]
+    assert temperature == fit_temperature(margins, labels), "the fit is deterministic"
+
+
+def test_operating_offset_is_bounded():
+    assert operating_offset(torch.full((50,), 1e6), temperature=0.05, target_fpr=0.02) == -OFFSET_BOUND
 
 
 def test_operating_offset_sets_the_clean_false_positive_rate():

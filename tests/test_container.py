@@ -21,8 +21,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from bench.torchserve import ROOT
 from container import entrypoint, probe
-from tests.torchserve_process import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 BIN = Path(sys.executable).parent
@@ -209,7 +209,7 @@ def test_build_context_holds_what_the_dockerfile_copies_and_nothing_heavy():
             files = list(local.rglob("*.py")) if local.is_dir() else [local]
             assert files and all(in_context(str(p.relative_to(ROOT)), rules) for p in files), source
     for heavy in [".venv/bin/python", "data/cifar-10/x.bin", "model_store/corruption.mar", "checkpoints/model.pt",
-                  ".git/HEAD", "tests/test_container.py", "training/__pycache__/model.cpython-311.pyc",
+                  ".git/HEAD", "tests/test_container.py", "detector/__pycache__/model.cpython-311.pyc",
                   ".torchserve/logs/ts_log.log", "logs/ts_log.log", "weights/training.json"]:  # fmt: skip
         assert not in_context(heavy, rules), heavy
 

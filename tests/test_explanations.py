@@ -4,7 +4,6 @@ sensibility check: the heatmap finds a one-quadrant occlusion far more often tha
 import base64
 import io
 import json
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -12,38 +11,22 @@ import requests
 import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
-from ts.context import Context, RequestProcessor
 
-from handler.corruption_handler import CorruptionHandler
-from tests.images import bad_images, encode, good_images
-from tests.test_handler import assert_prediction_schema
-from training.archive import SHIPPED_WEIGHTS
-from training.explain import OVERLAY_SIZE, GradCamExplainer, overlay_png
-from training.explain_report import QUADRANT_CASES, heaviest_quadrant, quadrant_cases, sample_images
-from training.inference import CorruptionDetector
-from training.preprocessing import INPUT_SIZE
+from bench.inputs import bad_images, encode, good_images
+from detector.explain import OVERLAY_SIZE, GradCamExplainer, overlay_png
+from detector.preprocessing import INPUT_SIZE
+from evaluation.explain_report import QUADRANT_CASES, heaviest_quadrant, quadrant_cases, sample_images
+from tests.helpers import TIMEOUT, assert_prediction_schema, run_batch
 
 # Heaviest heatmap quadrant = occluded quadrant: 98 of the 100 cases with the shipped weights, 67 to 98 for
-# the checkpoints of its training run (python -m training.explain_report; observability/README.md). Chance is
+# the checkpoints of its training run (python -m evaluation.explain_report; observability/README.md). Chance is
 # 25, and reaching 50 by chance has probability 7e-8.
 MIN_QUADRANT_RATE = 0.5
-TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
-def explainer() -> GradCamExplainer:
-    return GradCamExplainer(CorruptionDetector(SHIPPED_WEIGHTS))
-
-
-@pytest.fixture(scope="module")
-def handler(tmp_path_factory) -> CorruptionHandler:
-    """The handler initialised as TorchServe does, from a model dir holding the shipped weights."""
-    model_dir = tmp_path_factory.mktemp("model_dir")
-    shutil.copy(SHIPPED_WEIGHTS, model_dir / "model.pt")
-    context = Context("corruption", str(model_dir), {"model": {"serializedFile": "model.pt"}}, 8, None, "0.12.0")
-    service = CorruptionHandler()
-    service.initialize(context)
-    return service
+def explainer(handler) -> GradCamExplainer:
+    return handler.detector.explainer
 
 
 def decode_overlay(body: dict) -> Image.Image:
@@ -93,11 +76,9 @@ def test_quadrants_are_numbered_row_by_row(quadrant):
 def test_the_handler_routes_each_request_of_a_batch_by_its_explain_header(handler, subset):
     """TorchServe batches /predictions and /explanations requests together; each gets its own kind of answer."""
     png, jpeg = good_images(subset)["png"], good_images(subset)["jpeg"]
-    rows = [({"body": png}, "True"), ({"body": png}, "False"), ({"body": jpeg}, "True"), ({"body": b"no"}, "True")]
-    context = Context("corruption", "", {}, len(rows), None, "0.12.0")
-    context.request_processor = [RequestProcessor({"explain": explain}) for _, explain in rows]
-    bodies = handler.handle([row for row, _ in rows], context)
-    assert [context.get_response_status(i)[0] for i in range(len(rows))] == [200, 200, 200, 400]
+    rows = [{"body": png}, {"body": png}, {"body": jpeg}, {"body": b"no"}]
+    bodies, statuses = run_batch(handler, rows, explain=[True, False, True, True])
+    assert statuses == [200, 200, 200, 400]
     assert_explanation_schema(bodies[0])
     assert_prediction_schema(bodies[1])
     assert_explanation_schema(bodies[2])

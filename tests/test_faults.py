@@ -9,10 +9,9 @@ from collections import Counter
 import pytest
 import requests
 
-from tests.images import good_images
-from tests.torchserve_process import running_torchserve
-
-TIMEOUT = 60
+from bench.inputs import good_images
+from bench.torchserve import running_torchserve
+from tests.helpers import TIMEOUT
 
 
 def ready_worker_pids(server) -> list[int]:

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.images import png_header_only
-from training.preprocessing import INPUT_SIZE, MAX_PIXELS, BadImageError, decode_image, image_bytes_to_views
+from bench.inputs import png_header_only
+from detector.preprocessing import INPUT_SIZE, MAX_PIXELS, BadImageError, decode_image, image_bytes_to_views
 
 # Pillow warns about the corrupt metadata these inputs are made of.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -1,58 +1,14 @@
 """The TorchServe handler in-process, driven through TorchServe's own Context class."""
 
 import base64
-import shutil
 
 import pytest
-import yaml
-from ts.context import Context, RequestProcessor
 
-from handler.corruption_handler import CorruptionHandler, request_bytes
-from tests.images import bad_images, good_images
-from tests.torchserve_process import ROOT
-from training.archive import SHIPPED_WEIGHTS
-from training.corruptions import TYPES
-from training.preprocessing import BadImageError
-
-
-def start_handler(model_dir, **settings) -> CorruptionHandler:
-    """A handler initialised as TorchServe would, from the archive's model-config.yaml plus `settings`."""
-    shutil.copy(SHIPPED_WEIGHTS, model_dir / "model.pt")
-    config = yaml.safe_load((ROOT / "handler" / "model-config.yaml").read_text())
-    config["handler"].update(settings)
-    context = Context(
-        "corruption",
-        str(model_dir),
-        {"model": {"serializedFile": "model.pt"}},
-        8,
-        None,
-        "0.12.0",
-        model_yaml_config=config,
-    )
-    service = CorruptionHandler()
-    service.initialize(context)
-    return service
-
-
-@pytest.fixture(scope="module")
-def handler(tmp_path_factory) -> CorruptionHandler:
-    return start_handler(tmp_path_factory.mktemp("model_dir"))
-
-
-def run_batch(handler: CorruptionHandler, rows: list[dict]) -> tuple[list[dict], list[int]]:
-    """Handle one batch as TorchServe would; returns the bodies and per-item status codes."""
-    context = Context("corruption", "", {}, len(rows), None, "0.12.0")
-    context.request_processor = [RequestProcessor({}) for _ in rows]
-    bodies = handler.handle(rows, context)
-    return bodies, [context.get_response_status(i)[0] for i in range(len(rows))]
-
-
-def assert_prediction_schema(body: dict) -> None:
-    assert set(body) == {"label", "confidence", "probs"}
-    assert set(body["probs"]) == {"clean", "corrupted"}
-    assert body["probs"]["clean"] + body["probs"]["corrupted"] == pytest.approx(1.0, abs=1e-6)
-    assert body["confidence"] == max(body["probs"].values())
-    assert body["label"] == max(body["probs"], key=body["probs"].get)
+from bench.inputs import bad_images, good_images
+from detector.corruptions import TYPES
+from detector.preprocessing import BadImageError
+from handler.corruption_handler import request_bytes
+from tests.helpers import assert_prediction_schema, run_batch, start_handler
 
 
 def test_every_image_mode_gets_the_exact_schema(handler, subset):

@@ -2,9 +2,9 @@
 
 import torch
 
-from training.corruptions import TYPES
-from training.inference import FINE_TYPES, combine_views, prediction_body
-from training.preprocessing import TILES_PER_SIDE
+from detector.corruptions import TYPES
+from detector.inference import FINE_TYPES, combine_views, prediction_body
+from detector.preprocessing import TILES_PER_SIDE
 
 TILES = TILES_PER_SIDE**2
 

@@ -7,10 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.images import bad_images, good_images
-from tests.test_handler import assert_prediction_schema
-
-TIMEOUT = 60
+from bench.inputs import bad_images, good_images
+from tests.helpers import TIMEOUT, assert_prediction_schema
 
 
 def predict(server, data: bytes, path: str = "predictions/corruption", **kwargs) -> requests.Response:

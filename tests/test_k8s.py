@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from bench import capacity
+from bench.torchserve import ROOT
 from tests.test_container import final_stage, image_files
-from tests.torchserve_process import ROOT
 
 K8S = ROOT / "k8s"
 KUBECTL = Path(sys.executable).with_name("kubectl")

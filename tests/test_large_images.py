@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
+from detector.corruptions import corrupt
+from detector.inference import CorruptionDetector
+from detector.preprocessing import image_bytes_to_views, normalise
+from evaluation.photos import load_photos
 from training.archive import SHIPPED_WEIGHTS
-from training.corruptions import corrupt
-from training.inference import CorruptionDetector, prepare
-from training.photos import load_photos
-from training.preprocessing import normalise
 
 PHONE_SIZE = (4000, 3000)
 
@@ -39,7 +39,7 @@ def test_sensor_noise_on_a_phone_photo_is_caught(detector, name):
     answer = detector.predict([noisy])[0]
     assert answer["label"] == "corrupted", answer
     assert max(answer["corruption_type"], key=answer["corruption_type"].get) == "noise"
-    whole_view_only = detector.model.predict(normalise(prepare(noisy).input[:1]))[0][0, 1]
+    whole_view_only = detector.model.outputs(normalise(image_bytes_to_views(noisy)[:1])).probabilities[0, 1]
     assert whole_view_only < 0.5, "the 32x32 resize alone should have hidden the noise"
 
 

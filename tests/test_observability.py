@@ -21,11 +21,12 @@ import torchvision.transforms.v2.functional as F
 import ts
 import yaml
 
+from bench.inputs import encode, sample_rgb
+from bench.torchserve import ROOT, free_port
+from detector.corruptions import corrupt
+from detector.preprocessing import resize_to_input
 from handler import corruption_handler
-from tests.images import encode, sample_rgb
-from tests.torchserve_process import ROOT, free_port
-from training.corruptions import corrupt
-from training.preprocessing import resize_to_input
+from tests.helpers import TIMEOUT
 
 OBSERVABILITY = ROOT / "observability"
 DASHBOARD = OBSERVABILITY / "grafana-dashboard.json"
@@ -35,7 +36,6 @@ PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 # What Grafana substitutes into the queries; the test server's model is "corruption".
 VARIABLES = {"$__rate_interval": "1m", "${model}": "corruption", "$model": "corruption"}
-TIMEOUT = 60
 
 
 def dashboard_targets() -> list[tuple[str, dict]]:

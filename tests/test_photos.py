@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training import photos
-from training.photos import PHOTOS, MissingPhotoPackageError, Photo, jpeg_quality, load_photos
-from training.preprocessing import decode_image
+from detector.preprocessing import decode_image
+from evaluation import photos
+from evaluation.photos import PHOTOS, MissingPhotoPackageError, Photo, jpeg_quality, load_photos
 
 
 @pytest.fixture(scope="module")

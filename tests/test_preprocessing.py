@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.images import bad_images, encode, good_images, sample_rgb
-from training.preprocessing import (
+from bench.inputs import bad_images, encode, good_images, sample_rgb
+from detector.preprocessing import (
     INPUT_SIZE,
     MAX_PIXELS,
     TILE_SCALES,

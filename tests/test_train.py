@@ -8,11 +8,12 @@ import sys
 import pytest
 import torch
 
-from tests.torchserve_process import ROOT
-from training import evaluate, train
-from training.corruptions import KINDS, SEVERITIES, TYPES
-from training.heldout import HELDOUT_KINDS
-from training.model import load_model
+from bench.torchserve import ROOT
+from detector.corruptions import KINDS, SEVERITIES, TYPES
+from detector.model import load_model
+from evaluation import evaluate
+from evaluation.heldout import HELDOUT_KINDS
+from training import train
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_checkpoint_is_calibrated_on_the_validation_split(trained):
 
 def test_both_heads_answer(trained):
     model = load_model(trained / "model.pt")
-    binary, types = model.predict(torch.zeros(2, 3, 32, 32))
+    _, binary, types = model.outputs(torch.zeros(2, 3, 32, 32))
     assert binary.shape == (2, 2) and types.shape == (2, len(TYPES))
     assert torch.allclose(binary.sum(dim=1), torch.ones(2)) and torch.allclose(types.sum(dim=1), torch.ones(2))
 
@@ -117,6 +118,7 @@ def test_evaluate_writes_the_robustness_report(trained, subset, tmp_path):
         assert f"({figure}.png)" in report
 
 
+@pytest.mark.integration
 def test_two_gloo_processes_train_in_lockstep(subset, tmp_path):
     """torchrun with two CPU processes (gloo) for one short epoch: both ranks end with the same weights."""
     out = tmp_path / "ddp"

@@ -25,11 +25,11 @@ import requests
 import torchvision.transforms.v2.functional as F
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
-from tests.images import encode
-from tests.torchserve_process import ROOT, free_port
-from training.corruptions import corrupt
+from bench.inputs import encode
+from bench.torchserve import ROOT, free_port
+from detector.corruptions import corrupt
+from detector.preprocessing import decode_image, resize_to_input
 from training.data import find_images
-from training.preprocessing import decode_image, resize_to_input
 
 WEB = ROOT / "web"
 SCREENSHOTS = ROOT / os.environ.get("SCREENSHOT_DIR", "test-artifacts/screenshots")

@@ -5,15 +5,17 @@ python -m training.archive --weights weights/model.pt --version 1.0 --out model_
 Version 1.0 (the default model) becomes model_store/corruption.mar; any other
 version becomes model_store/corruption-<version>.mar, all under the model name
 "corruption" so they register as versions of one model. The archive holds the
-weights, the handler, model-config.yaml and the serving modules of `training`,
-so the server runs the same preprocessing code the model was trained with.
+weights, the handler, model-config.yaml and the whole `detector` package (the
+serving core), so the server runs the very code the model was trained with.
 """
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 MODEL_NAME = "corruption"
@@ -23,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_WEIGHTS = ROOT / "weights" / "model.pt"
 HANDLER = ROOT / "handler" / "corruption_handler.py"
 MODEL_CONFIG = ROOT / "handler" / "model-config.yaml"
-# The part of `training` the server imports; the rest (data, train, ...) stays out.
-SERVING_MODULES = ("__init__.py", "corruptions.py", "preprocessing.py", "model.py", "inference.py", "explain.py")
+# The serving core, packed whole: what is served cannot drift from what the core imports.
+CORE = ROOT / "detector"
 
 
 def archive_filename(version: str) -> str:
@@ -32,16 +34,27 @@ def archive_filename(version: str) -> str:
     return f"{MODEL_NAME}.mar" if version == DEFAULT_VERSION else f"{MODEL_NAME}-{version}.mar"
 
 
+def core_modules() -> list[Path]:
+    """The serving core's source files, as packed into every archive."""
+    return sorted(CORE.glob("*.py"))
+
+
 def build_archive(weights: Path, version: str = DEFAULT_VERSION, out_dir: Path = ROOT / "model_store") -> Path:
-    """Build the archive and return its path (an existing one is replaced)."""
+    """Build the archive and return its path (an existing one is replaced); check that it holds what serving needs.
+
+    torch-model-archiver stages its files in <tempdir>/<model name>: it runs with a private TMPDIR,
+    so two builds at once (a test and a `make archive`) cannot mix their files.
+    """
     if not weights.is_file():
         raise FileNotFoundError(f"no checkpoint at {weights}; train one or use the shipped weights/model.pt")
     archiver = Path(sys.executable).with_name("torch-model-archiver")
     with tempfile.TemporaryDirectory() as staging:
-        package = Path(staging, "extra", "training")
+        package = Path(staging, "extra", CORE.name)
         package.mkdir(parents=True)
-        for module in SERVING_MODULES:
-            shutil.copy2(ROOT / "training" / module, package / module)
+        for module in core_modules():
+            shutil.copy2(module, package / module.name)
+        private_tmp = Path(staging, "tmp")
+        private_tmp.mkdir()
         subprocess.run(
             [
                 str(archiver),
@@ -62,11 +75,26 @@ def build_archive(weights: Path, version: str = DEFAULT_VERSION, out_dir: Path =
                 "--force",
             ],
             check=True,
+            env={**os.environ, "TMPDIR": str(private_tmp)},
         )
+        built = Path(staging, f"{MODEL_NAME}.mar")
+        verify_archive(built, weights)
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / archive_filename(version)
-        shutil.move(Path(staging, f"{MODEL_NAME}.mar"), target)
+        shutil.move(built, target)
     return target
+
+
+def verify_archive(archive: Path, weights: Path) -> None:
+    """Refuse an archive that lacks the weights (byte for byte), the handler, its config or any core module."""
+    with zipfile.ZipFile(archive) as packed:
+        names = set(packed.namelist())
+        expected = {weights.name, HANDLER.name, MODEL_CONFIG.name, *(f"{CORE.name}/{m.name}" for m in core_modules())}
+        missing = sorted(expected - names)
+        if missing:
+            raise RuntimeError(f"{archive} is incomplete: missing {', '.join(missing)}")
+        if packed.read(weights.name) != weights.read_bytes():
+            raise RuntimeError(f"{archive} holds other weights than {weights}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,9 @@
    `operating_prior` of the traffic (rather than the validation split's 50%), and the
    API's label stays "corrupted exactly when P(corrupted) > 0.5".
 
-Both are buffers of the model (training/model.py), saved in the checkpoint.
+Both are fitted within sane bounds (a degenerate short run, perfectly separable or with
+constant outputs, would otherwise ask for T -> 0 or T -> infinity) and saved as fp32
+buffers of the model (detector/model.py).
 """
 
 import math
@@ -18,68 +20,49 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from training.model import load_model, read_checkpoint, save_checkpoint
+from detector.model import load_model, read_checkpoint, save_checkpoint
+from evaluation.metrics import score
+
+# Beyond these a temperature means the validation split could not tell anything apart (T -> infinity: every
+# answer 0.5) or was separated perfectly (T -> 0: every answer 0 or 1); either way, stop at the bound.
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+# The operating offset is a prior shift: +-20 logits is a prior of 2e-9 to 1 - 2e-9.
+OFFSET_BOUND = 20.0
+# Golden-section steps: each shrinks the bracket by 0.618, 80 steps reach float precision.
+SEARCH_STEPS = 80
+
+
+def temperature_nll(margins: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
+    """Mean negative log-likelihood of the labels under sigmoid(margin / temperature)."""
+    return float(torch.nn.functional.binary_cross_entropy_with_logits(margins / temperature, labels.float()))
 
 
 def fit_temperature(margins: torch.Tensor, labels: torch.Tensor) -> float:
-    """The T minimising the NLL of sigmoid(margin / T) (margin = corrupted logit - clean logit)."""
-    log_t = torch.zeros((), requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
-    margins, targets = margins.clone(), labels.float().clone()  # scores come from inference mode
+    """The T in TEMPERATURE_BOUNDS minimising the NLL of sigmoid(margin / T) (margin = corrupted - clean logit).
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(margins / log_t.exp(), targets)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return float(log_t.detach().exp())
+    The NLL is convex in 1/T (a one-parameter logistic regression), so a golden-section search over
+    1/T finds the bounded optimum deterministically, without a step size to tune.
+    """
+    margins, labels = margins.double(), labels.double()
+    low, high = 1 / TEMPERATURE_BOUNDS[1], 1 / TEMPERATURE_BOUNDS[0]
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(SEARCH_STEPS):
+        left, right = high - ratio * (high - low), low + ratio * (high - low)
+        if temperature_nll(margins, labels, 1 / left) <= temperature_nll(margins, labels, 1 / right):
+            high = right
+        else:
+            low = left
+    return 1 / ((low + high) / 2)
 
 
 def operating_offset(clean_margins: torch.Tensor, temperature: float, target_fpr: float) -> float:
-    """The logit shift after which a fraction `target_fpr` of the clean margins stays above 0."""
-    return -float(torch.quantile(clean_margins / temperature, 1.0 - target_fpr))
-
-
-def reliability_bins(
-    confidence: torch.Tensor, correct: torch.Tensor, weights: torch.Tensor | None = None, bins: int = 15
-) -> list[dict]:
-    """Per equal-width confidence bin over [0.5, 1]: its share of the (weighted) samples, mean confidence, accuracy.
-
-    `weights` re-balance the classes: a test grid that is 96% corrupted would otherwise
-    judge probabilities meant for another mix of clean and corrupted images.
-    """
-    weights = torch.ones_like(confidence) if weights is None else weights
-    index = torch.bucketize(confidence, torch.linspace(0.5, 1.0, bins + 1)[1:-1])
-    rows = []
-    for b in range(bins):
-        w = weights * (index == b)
-        if w.sum() > 0:
-            rows.append(
-                {
-                    "share": float(w.sum() / weights.sum()),
-                    "confidence": float((w * confidence).sum() / w.sum()),
-                    "accuracy": float((w * correct.float()).sum() / w.sum()),
-                }
-            )
-    return rows
-
-
-def expected_calibration_error(
-    confidence: torch.Tensor, correct: torch.Tensor, weights: torch.Tensor | None = None, bins: int = 15
-) -> float:
-    """ECE: the |accuracy - confidence| gap per equal-width confidence bin, weighted by the bin's share."""
-    return sum(
-        row["share"] * abs(row["accuracy"] - row["confidence"])
-        for row in reliability_bins(confidence, correct, weights, bins)
-    )
+    """The logit shift (within +-OFFSET_BOUND) leaving a fraction `target_fpr` of the clean margins above 0."""
+    offset = -float(torch.quantile(clean_margins.double() / temperature, 1.0 - target_fpr))
+    return min(max(offset, -OFFSET_BOUND), OFFSET_BOUND)
 
 
 def calibrate_checkpoint(path: Path, validation: Dataset, target_fpr: float, device: torch.device) -> dict:
     """Fit temperature and operating offset on `validation` and write them into the checkpoint at `path`."""
-    from training.metrics import score  # metrics imports this module's ECE
-
     model = load_model(path, device)
     scores = score(model, validation, device, progress=False)
     temperature = fit_temperature(scores.raw_margin, scores.label)

@@ -1,6 +1,5 @@
 """Clean image sources (CIFAR-10 or any image folder) and the clean-vs-corrupted dataset."""
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +9,13 @@ import torchvision.transforms.v2.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from training.corruptions import KINDS, SEVERITIES, camera_jpeg, corrupt
-from training.preprocessing import decode_image, normalise, resize_to_input
+from detector.corruptions import KINDS, SAMPLE_KINDS, SEVERITIES, camera_jpeg, corrupt
+from detector.preprocessing import decode_image, normalise, resize_to_input
 
 # The lossless CIFAR-10 subset laid beside the project (../shared/data): tests, benchmarks, CPU training.
 SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CIFAR10 = "cifar10"
-# Index 0 of a sample's kind is "clean"; 1.. are the corruption kinds in table order.
-KIND_NAMES = ("clean", *KINDS)
 
 
 def find_images(root: Path) -> list[Path]:
@@ -62,7 +59,7 @@ class CorruptionDataset(Dataset):
     kind x severity pairs in a seeded order (so kinds and severities are balanced
     too), and each sample's randomness comes from (seed, epoch, index) alone, so a
     run is reproducible whatever the number of DataLoader workers. Items are
-    (normalised image, label 0/1, kind index into KIND_NAMES, severity 0..5).
+    (normalised image, label 0/1, kind index into SAMPLE_KINDS, severity 0..5).
 
     With `augment` (training): random horizontal flips; each corrupted copy's
     severity is drawn uniformly within half a step of its row (clipped to 1..5),
@@ -110,7 +107,7 @@ class CorruptionDataset(Dataset):
             image = F.horizontal_flip(image)
         kind, severity = self.describe(index)
         if kind:
-            image = corrupt(image, KIND_NAMES[kind], self._strength(severity, seed), seed)
+            image = corrupt(image, SAMPLE_KINDS[kind], self._strength(severity, seed), seed)
         elif self.augment and seed % 8 < 2:
             image = camera_jpeg(image, seed)
         return image, int(kind > 0), kind, severity
@@ -121,48 +118,3 @@ class CorruptionDataset(Dataset):
             return severity
         jitter = np.random.default_rng(seed).uniform(-0.5, 0.5)
         return float(np.clip(severity + jitter, SEVERITIES[0], SEVERITIES[-1]))
-
-
-class CorruptionGrid(Dataset):
-    """Every image clean and under every kind x severity: the evaluation set.
-
-    Item layout matches `CorruptionDataset`, with kind indices 1.. into `kinds`
-    (the training table by default; training.heldout's kinds with its `corrupt`).
-    The corruption seed depends on (seed, index) only, so every evaluation of the
-    same images is identical.
-    """
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        seed: int = 0,
-        kinds: Sequence[str] = KINDS,
-        apply: Callable[[torch.Tensor, str, int, int], torch.Tensor] = corrupt,
-    ) -> None:
-        self.images = images
-        self.seed = seed
-        self.kinds = tuple(kinds)
-        self.apply = apply
-
-    def __len__(self) -> int:
-        return len(self.images) * (1 + len(self.kinds) * len(SEVERITIES))
-
-    def describe(self, index: int) -> tuple[int, int]:
-        """(kind index, severity) of a sample; (0, 0) for clean."""
-        pair = index // len(self.images)
-        if pair == 0:
-            return 0, 0
-        return 1 + (pair - 1) // len(SEVERITIES), SEVERITIES[(pair - 1) % len(SEVERITIES)]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
-        image, *truth = self.sample(index)
-        return normalise(image), *truth
-
-    def sample(self, index: int) -> tuple[torch.Tensor, int, int, int]:
-        """Item `index` with its image as uint8 CHW, before normalisation."""
-        image = self.images[index % len(self.images)]
-        kind, severity = self.describe(index)
-        if kind:
-            seed = int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
-            image = self.apply(image, self.kinds[kind - 1], severity, seed)
-        return image, int(kind > 0), kind, severity

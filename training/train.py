@@ -26,10 +26,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from detector.corruptions import KIND_TYPES
+from detector.model import CorruptionNet, build_model, load_model, save_checkpoint
+from evaluation.metrics import score, summarise
 from training.calibrate import calibrate_checkpoint
 from training.data import CorruptionDataset, load_clean_images, split_indices
-from training.metrics import score, summarise
-from training.model import CorruptionNet, build_model, load_model, save_checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,9 +105,10 @@ def train_one_epoch(
     total, count = 0.0, 0
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     progress = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False)
-    for images, labels, types, _ in progress:
+    kind_types = torch.tensor(KIND_TYPES)
+    for images, labels, kinds, _ in progress:
         images = images.to(device, non_blocking=True, memory_format=memory_format)
-        labels, types = labels.to(device, non_blocking=True), types.to(device, non_blocking=True)
+        labels, types = labels.to(device, non_blocking=True), kind_types[kinds].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             binary_logits, type_logits = model(images)
             loss = nn.functional.cross_entropy(binary_logits, labels)

@@ -1,7 +1,7 @@
 """Held-out corruptions from CIFAR-10-C, for EVALUATION ONLY: never import this into training.
 
 These are corruption kinds the detector never sees while training (the training table is
-`training.corruptions.CORRUPTIONS`), taken from CIFAR-10-C (Hendrycks & Dietterich 2019,
+`detector.corruptions.CORRUPTIONS`), taken from CIFAR-10-C (Hendrycks & Dietterich 2019,
 "Benchmarking Neural Network Robustness to Common Corruptions and Perturbations").
 The per-severity parameters are the published CIFAR-10 ones, checked line by line against
 hendrycks/robustness, ImageNet-C/create_c/make_cifar_c.py (commit ca360085d578); the ImageNet
@@ -48,8 +48,6 @@ Deviations from the reference (which works on 32x32 PIL/numpy images with numpy'
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -57,25 +55,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage import color, filters, util
 
-from training.corruptions import SEVERITIES, apply_seeded
-
-Parameter = float | tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class HeldOutCorruption:
-    """One held-out corruption: its parameter per severity and how to apply it."""
-
-    kind: str
-    parameter: str
-    values: tuple[Parameter, ...]
-    apply: Callable[[torch.Tensor, Any], torch.Tensor]
-
-    def value(self, severity: int) -> Parameter:
-        """The parameter for a severity in 1..5."""
-        if severity not in SEVERITIES:
-            raise ValueError(f"severity must be one of {SEVERITIES}, got {severity}")
-        return self.values[severity - 1]
+from detector.corruptions import Corruption
 
 
 def _to_float(image: torch.Tensor) -> np.ndarray:
@@ -257,49 +237,62 @@ def _elastic_transform(image: torch.Tensor, value: tuple[float, float, float]) -
     return _to_uint8(_per_channel(x, lambda ch: ndimage.map_coordinates(ch, coords, order=1, mode="reflect")))
 
 
-HELDOUT: dict[str, HeldOutCorruption] = {
+# Families are CIFAR-10-C's own groups (noise, blur, weather, digital).
+HELDOUT: dict[str, Corruption] = {
     c.kind: c
     for c in (
-        HeldOutCorruption("shot_noise", "photons per unit intensity", (500, 250, 100, 75, 50), _shot_noise),
-        HeldOutCorruption("impulse_noise", "salt-and-pepper fraction", (0.01, 0.02, 0.03, 0.05, 0.07), _impulse_noise),
-        HeldOutCorruption("speckle_noise", "multiplicative noise std", (0.06, 0.1, 0.12, 0.16, 0.2), _speckle_noise),
-        HeldOutCorruption(
+        Corruption("shot_noise", "noise", "photons per unit intensity", (500, 250, 100, 75, 50), _shot_noise),
+        Corruption(
+            "impulse_noise", "noise", "salt-and-pepper fraction", (0.01, 0.02, 0.03, 0.05, 0.07), _impulse_noise
+        ),
+        Corruption("speckle_noise", "noise", "multiplicative noise std", (0.06, 0.1, 0.12, 0.16, 0.2), _speckle_noise),
+        Corruption(
             "defocus_blur",
+            "blur",
             "(disk radius px, alias blur sigma)",
             ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)),
             _defocus_blur,
         ),
-        HeldOutCorruption(
+        Corruption(
             "glass_blur",
+            "blur",
             "(sigma, max shift px, iterations)",
             ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),
             _glass_blur,
         ),
-        HeldOutCorruption(
+        Corruption(
             "motion_blur",
+            "blur",
             "(radius px, sigma px), angle uniform in [-45, 45]",
             ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)),
             _motion_blur,
         ),
-        HeldOutCorruption(
-            "zoom_blur", "stop of np.arange(1, stop, 0.01) zoom factors", (1.06, 1.11, 1.16, 1.21, 1.26), _zoom_blur
+        Corruption(
+            "zoom_blur",
+            "blur",
+            "stop of np.arange(1, stop, 0.01) zoom factors",
+            (1.06, 1.11, 1.16, 1.21, 1.26),
+            _zoom_blur,
         ),
-        HeldOutCorruption(
+        Corruption(
             "fog",
+            "weather",
             "(strength, plasma wibble decay)",
             ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)),
             _fog,
         ),
-        HeldOutCorruption("contrast", "contrast factor", (0.75, 0.5, 0.4, 0.3, 0.15), _contrast),
-        HeldOutCorruption(
+        Corruption("contrast", "digital", "contrast factor", (0.75, 0.5, 0.4, 0.3, 0.15), _contrast),
+        Corruption(
             "saturate",
+            "digital",
             "(saturation scale, saturation shift)",
             ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),
             _saturate,
         ),
-        HeldOutCorruption("pixelate", "downscale factor", (0.95, 0.9, 0.85, 0.75, 0.65), _pixelate),
-        HeldOutCorruption(
+        Corruption("pixelate", "digital", "downscale factor", (0.95, 0.9, 0.85, 0.75, 0.65), _pixelate),
+        Corruption(
             "elastic_transform",
+            "digital",
             "(alpha, sigma, affine) as fractions of the shorter side",
             ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03)),
             _elastic_transform,
@@ -315,7 +308,4 @@ def corrupt_heldout(image: torch.Tensor, kind: str, severity: int, seed: int) ->
     torch's global generator is forked and seeded here and numpy's global one is never used,
     so neither global RNG state changes.
     """
-    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected a uint8 (3, H, W) image, got {image.dtype} {tuple(image.shape)}")
-    corruption = HELDOUT[kind]
-    return apply_seeded(corruption.apply, image, corruption.value(severity), seed)
+    return HELDOUT[kind](image, severity, seed)

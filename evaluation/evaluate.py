@@ -1,12 +1,12 @@
 """Detection quality: scores, metrics and the robustness report.
 
-python -m training.evaluate --model weights/model.pt --data ../shared/data/cifar10-subset/test
+python -m evaluation.evaluate --model weights/model.pt --data ../shared/data/cifar10-subset/test
 
 scores every test image clean and under every training kind x severity, under the
-held-out CIFAR-10-C kinds (training/heldout.py), and real photographs at native
-resolution through the serving path (training/photos.py); fits the heuristic
-baseline (training/baseline.py) on training images; and writes reports/robustness.md
-with its figures and reports/robustness.json (training/report.py).
+held-out CIFAR-10-C kinds (evaluation/heldout.py), and real photographs at native
+resolution through the serving path (evaluation/photos.py); fits the heuristic
+baseline (evaluation/baseline.py) on training images; and writes reports/robustness.md
+with its figures and reports/robustness.json (evaluation/report.py).
 """
 
 import argparse
@@ -17,34 +17,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from training.baseline import HeuristicBaseline
-from training.corruptions import CORRUPTIONS, KINDS, TYPES, corrupt
-from training.data import SUBSET, CorruptionDataset, CorruptionGrid, load_clean_images
-from training.heldout import HELDOUT_KINDS, corrupt_heldout
-from training.inference import CorruptionDetector
-from training.metrics import Scores, calibration, score, summarise, type_confusion
-from training.photos import Photo, jpeg_quality, load_photos
-from training.preprocessing import decode_image, normalise
-from training.report import write_report
-
-
-class Materialised(Dataset):
-    """A corruption grid computed once and kept as uint8, so the CNN and the baseline see the same pixels."""
-
-    def __init__(self, grid: Dataset) -> None:
-        samples = [grid.sample(i) for i in tqdm(range(len(grid)), desc="corrupting", unit="img", leave=False)]
-        images, labels, kinds, severities = zip(*samples, strict=True)
-        self.images = torch.stack(images)
-        self.label, self.kind, self.severity = (torch.tensor(column) for column in (labels, kinds, severities))
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
-        return normalise(self.images[index]), self.label[index], self.kind[index], self.severity[index]
+from detector.corruptions import CAMERA_JPEG_QUALITY, KINDS, TYPES, corrupt
+from detector.inference import CorruptionDetector
+from detector.preprocessing import decode_image
+from evaluation.baseline import HeuristicBaseline
+from evaluation.grid import CorruptionGrid, Materialised
+from evaluation.heldout import HELDOUT, HELDOUT_KINDS
+from evaluation.metrics import Scores, calibration, score, summarise, type_confusion
+from evaluation.photos import Photo, jpeg_quality, load_photos
+from evaluation.report import write_report
+from training.data import SUBSET, CorruptionDataset, load_clean_images
 
 
 def baseline_scores(baseline: HeuristicBaseline, grid: Materialised) -> Scores:
@@ -69,10 +53,10 @@ def fit_baseline(train_images: torch.Tensor, seed: int) -> HeuristicBaseline:
     return HeuristicBaseline().fit(images, labels)
 
 
-# Real photographs: each at native resolution, clean as published, as a camera-quality JPEG (clean), and
-# under each training family at a strength that is plainly visible on the whole photo.
+# Real photographs: each at native resolution, clean as published, re-saved at the lowest camera JPEG quality
+# (clean), and under each training family at a strength that is plainly visible on the whole photo.
 PHOTO_SEVERITY = 3
-CAMERA_QUALITY = 95
+CAMERA_QUALITY = CAMERA_JPEG_QUALITY[0]
 
 
 def encode_png(image: torch.Tensor) -> bytes:
@@ -88,18 +72,7 @@ def encode_jpeg(image: torch.Tensor, quality: int) -> bytes:
 
 
 def photo_variant(image: torch.Tensor, kind: str, seed: int) -> bytes:
-    """One corrupted photo at native resolution, as lossless PNG (JPEG for the compression kind).
-
-    Noise, JPEG quality, exposure and occluded area use the table's severity-3 values per
-    native pixel. Blur's sigma is scaled to the photo (sigma x shorter side / 32): blur of a
-    few native pixels is invisible at viewing size and indistinguishable from a soft lens.
-    """
-    value = CORRUPTIONS[kind].value(PHOTO_SEVERITY)
-    if kind == "jpeg_compression":
-        return encode_jpeg(image, round(value))
-    if kind == "gaussian_blur":
-        sigma = value * min(image.shape[-2:]) / 32
-        return encode_png(CORRUPTIONS[kind].apply(image, sigma))
+    """One corrupted photo at native resolution (spatial parameters scale with its size), as lossless PNG."""
     return encode_png(corrupt(image, kind, PHOTO_SEVERITY, seed))
 
 
@@ -159,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     images = load_clean_images(args.data, limit=args.limit, train=False)
     grids = {
         "training": Materialised(CorruptionGrid(images, seed=args.seed)),
-        "heldout": Materialised(CorruptionGrid(images, seed=args.seed, kinds=HELDOUT_KINDS, apply=corrupt_heldout)),
+        "heldout": Materialised(CorruptionGrid(images, seed=args.seed, table=HELDOUT)),
     }
     scores = {name: score(model, grid, device, args.batch_size) for name, grid in grids.items()}
     baseline = fit_baseline(spread(load_clean_images(args.train_data), args.baseline_images), args.seed)

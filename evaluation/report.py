@@ -1,4 +1,4 @@
-"""Render evaluation results (training/evaluate.py) as reports/robustness.md, PNG figures and JSON."""
+"""Render evaluation results (evaluation/evaluate.py) as reports/robustness.md, PNG figures and JSON."""
 
 import json
 import math
@@ -8,8 +8,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from training.corruptions import KINDS, SEVERITIES, TYPES
-from training.heldout import HELDOUT_KINDS
+from detector.corruptions import KINDS, SEVERITIES, TYPES
+from evaluation.heldout import HELDOUT_KINDS
 
 TARGET_FPR = 0.03
 TARGET_DETECTION = 0.97
@@ -234,7 +234,7 @@ def write_report(results: dict, folder: Path) -> Path:
     lines = [
         "# Robustness report",
         "",
-        f"Generated on {date.today()} by `python -m training.evaluate --model {results['model']} "
+        f"Generated on {date.today()} by `python -m evaluation.evaluate --model {results['model']} "
         f"--data {results['data']}`: {results['images']} test images (never used for training or model "
         f"selection), corruption seed {results['seed']}. "
         "Numbers and figures in this folder come from that one command.",
@@ -247,7 +247,7 @@ def write_report(results: dict, folder: Path) -> Path:
         "",
         "## Training kinds",
         "",
-        "Every test image clean and under each kind x severity of `training/corruptions.py`. "
+        "Every test image clean and under each kind x severity of `detector/corruptions.py`. "
         "A sample is called corrupted when the API's P(corrupted) > 0.5.",
         "",
         *kind_table(training, KINDS),
@@ -264,7 +264,7 @@ def write_report(results: dict, folder: Path) -> Path:
         "",
         "## Held-out kinds (CIFAR-10-C, never trained on)",
         "",
-        "`training/heldout.py`: CIFAR-10-C's published definitions and CIFAR severity parameters.",
+        "`evaluation/heldout.py`: CIFAR-10-C's published definitions and CIFAR severity parameters.",
         "",
         *kind_table(heldout, HELDOUT_KINDS),
         "",
@@ -274,7 +274,7 @@ def write_report(results: dict, folder: Path) -> Path:
         "",
         "## Heuristic baseline",
         "",
-        "`training/baseline.py`: variance of the Laplacian, a wavelet noise-sigma estimate, JPEG 8x8 "
+        "`evaluation/baseline.py`: variance of the Laplacian, a wavelet noise-sigma estimate, JPEG 8x8 "
         "blockiness and brightness statistics, with a classifier fitted on training images corrupted "
         "like the CNN's training data, scored on the same test samples.",
         "",
@@ -300,7 +300,7 @@ def write_report(results: dict, folder: Path) -> Path:
         lines += [
             "## Real photographs at native resolution",
             "",
-            "`training/photos.py`: photographs shipped inside pinned packages, each scored through the serving "
+            "`evaluation/photos.py`: photographs shipped inside pinned packages, each scored through the serving "
             "path as published, re-encoded as a camera-quality JPEG (clean), and under each training kind at "
             "severity 3 applied at native resolution (blur's sigma scaled to the photo: see `evaluate.photo_variant`).",
             "",

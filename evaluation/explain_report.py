@@ -1,6 +1,6 @@
 """Grad-CAM report: the example-heatmap figure and the occluded-quadrant check, in-process.
 
-python -m training.explain_report --data ../shared/data/cifar10-subset/test --figure reports/gradcam_examples.png
+python -m evaluation.explain_report --data ../shared/data/cifar10-subset/test --figure reports/gradcam_examples.png
 
 Prints how often the heatmap's mass lands in the quadrant hiding a solid
 occluding square (chance: 1 in 4). tests/test_explanations.py sends the very
@@ -18,12 +18,12 @@ import torchvision.transforms.v2.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
 
+from detector.corruptions import KINDS, SAMPLE_KINDS, corrupt
+from detector.explain import GradCamExplainer
+from detector.inference import CorruptionDetector
+from detector.preprocessing import INPUT_SIZE, decode_image, resize_to_input
 from training.archive import SHIPPED_WEIGHTS
-from training.corruptions import KINDS, corrupt
 from training.data import SUBSET, find_images
-from training.explain import GradCamExplainer
-from training.inference import CorruptionDetector
-from training.preprocessing import INPUT_SIZE, decode_image, resize_to_input
 
 QUADRANT_CASES = 100
 # Occluding squares of 8 to 12 px (6 to 14% of the image, occlusion severities 2 to 4) inside one 16x16 quadrant.
@@ -68,20 +68,21 @@ def quadrant_hits(explainer: GradCamExplainer, cases: Sequence[tuple[torch.Tenso
     return sum(heaviest_quadrant(heatmap) == quadrant for heatmap, (_, quadrant) in zip(maps, cases, strict=True))
 
 
-def save_figure(explainer: GradCamExplainer, images: Sequence[torch.Tensor], out: Path, seed: int = SEED) -> None:
+def save_figure(detector: CorruptionDetector, images: Sequence[torch.Tensor], out: Path, seed: int = SEED) -> None:
     """A grid of the API's overlays: one row per image, clean then each corruption kind at one severity."""
-    columns = ("clean", *KINDS)
+    columns = SAMPLE_KINDS
     figure = Figure(figsize=(2 * len(columns), 2.15 * len(images)))
     axes = figure.subplots(len(images), len(columns))
     for row, image in enumerate(images):
         variants = [image] + [corrupt(image, kind, FIGURE_SEVERITY, seed + row) for kind in KINDS]
         views = [variant.unsqueeze(0) for variant in variants]  # 32x32 images: the whole view is the only one
-        for axis, column, body in zip(axes[row], columns, explainer.explain_inputs(views), strict=True):
+        bodies = detector.answer(views, explain=[True] * len(views))
+        for axis, column, body in zip(axes[row], columns, bodies, strict=True):
             overlay = Image.open(io.BytesIO(base64.b64decode(body["explanation"]["overlay_png"])))
             axis.imshow(overlay)
             axis.set_title(f"{column}\np(corrupted) = {body['probs']['corrupted']:.2f}", fontsize=9)
             axis.axis("off")
-    figure.suptitle(f'Grad-CAM of "corrupted" ({explainer.layer}); corruptions at severity {FIGURE_SEVERITY}')
+    figure.suptitle(f'Grad-CAM of "corrupted" ({detector.explainer.layer}); corruptions at severity {FIGURE_SEVERITY}')
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=72)
@@ -97,12 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figure", type=Path, default=None, help="write the example-heatmap figure here (PNG)")
     args = parser.parse_args(argv)
 
-    explainer = GradCamExplainer(CorruptionDetector(args.weights))
+    detector = CorruptionDetector(args.weights)
     cases = quadrant_cases(sample_images(args.data, QUADRANT_CASES))
-    hits = quadrant_hits(explainer, cases)
+    hits = quadrant_hits(detector.explainer, cases)
     print(f"heaviest heatmap quadrant = occluded quadrant: {hits}/{len(cases)} ({hits / len(cases):.0%}; chance 25%)")
     if args.figure:
-        save_figure(explainer, sample_images(args.data, FIGURE_ROWS), args.figure)
+        save_figure(detector, sample_images(args.data, FIGURE_ROWS), args.figure)
         print(args.figure)
 
 

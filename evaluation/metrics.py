@@ -1,17 +1,20 @@
-"""Detection metrics of a model on clean images and their corrupted copies (light: used while training)."""
+"""Detection and calibration metrics of a model on clean images and their corrupted copies.
+
+Light enough to validate every training epoch (training/train.py) and to calibrate
+(training/calibrate.py); the evaluation adds its report on top. A sample is called
+corrupted by the API's own rule, `detector.model.is_corrupted`.
+"""
 
 from dataclasses import dataclass
 
 import torch
+from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from training.calibrate import expected_calibration_error, reliability_bins
-from training.corruptions import KINDS, SEVERITIES, TYPES
-from training.model import CorruptionNet
+from detector.corruptions import KIND_TYPES, KINDS, SEVERITIES, TYPES
+from detector.model import CorruptionNet, is_corrupted
 
-# A sample is called corrupted when P(corrupted) > THRESHOLD, as the API's label does.
-THRESHOLD = 0.5
 # Severities the targets are about: 1 and 2 are deliberately subtle and reported, not targeted.
 TARGET_SEVERITIES = (3, 4, 5)
 
@@ -48,11 +51,10 @@ def score(
     for images, labels, kinds, severities in tqdm(
         loader, desc="scoring", unit="batch", disable=not progress, leave=False
     ):
-        binary, types = model.heads(images.to(device, non_blocking=True))
-        calibrated = model.calibrate(binary).float().softmax(dim=1)[:, 1]
-        margin = (binary[:, 1] - binary[:, 0]).float()
-        outputs = (calibrated.cpu(), margin.cpu(), types.float().softmax(dim=1).cpu())
-        parts.append((*outputs, labels, kinds, severities))
+        outputs = model.outputs(images.to(device, non_blocking=True))
+        parts.append(
+            (outputs.probabilities[:, 1].cpu(), outputs.margin.cpu(), outputs.types.cpu(), labels, kinds, severities)
+        )
     return Scores(*(torch.cat(column) for column in zip(*parts, strict=True)))
 
 
@@ -61,25 +63,21 @@ def _rate(mask: torch.Tensor, flagged: torch.Tensor) -> float:
 
 
 def auroc(scores: Scores, kind: int, severities: tuple[int, ...] = SEVERITIES) -> float:
-    """Area under the ROC curve separating clean images from one kind (at the given severities).
-
-    Computed as the Mann-Whitney statistic: the chance that a corrupted sample's margin is
-    above a clean one's, ties counting half (all pairs at once: fine for evaluation-sized sets).
-    """
-    clean = scores.raw_margin[scores.kind == 0]
-    corrupted = scores.raw_margin[(scores.kind == kind) & torch.isin(scores.severity, torch.tensor(severities))]
-    if not (len(clean) and len(corrupted)):
+    """AUROC separating clean images from one kind (at the given severities); NaN if either is absent."""
+    clean = scores.kind == 0
+    corrupted = (scores.kind == kind) & torch.isin(scores.severity, torch.tensor(severities))
+    if not (clean.any() and corrupted.any()):
         return float("nan")
-    difference = corrupted[:, None] - clean[None, :]
-    return float((difference > 0).double().mean() + 0.5 * (difference == 0).double().mean())
+    keep = clean | corrupted
+    return float(roc_auc_score(corrupted[keep].numpy(), scores.raw_margin[keep].numpy()))
 
 
-def summarise(scores: Scores, names: tuple[str, ...] = KINDS, threshold: float = THRESHOLD) -> dict:
+def summarise(scores: Scores, names: tuple[str, ...] = KINDS) -> dict:
     """Accuracy, clean false-positive rate, detection rate per kind and per kind x severity, AUROC per kind.
 
     `names` are the kinds behind kind indices 1.. (the training table unless told otherwise).
     """
-    flagged = scores.corrupted_probability > threshold
+    flagged = is_corrupted(scores.corrupted_probability)
     clean = scores.kind == 0
     kinds = range(1, len(names) + 1)
     detection = {names[k - 1]: _rate(scores.kind == k, flagged) for k in kinds}
@@ -109,11 +107,46 @@ def summarise(scores: Scores, names: tuple[str, ...] = KINDS, threshold: float =
 
 
 def type_confusion(scores: Scores) -> list[list[int]]:
-    """Counts of (true type, predicted type) over TYPES; the training kinds' index is their type's."""
+    """Counts of (true type, predicted type) over TYPES, each training kind counted as its family's type."""
     predicted = scores.type_probability.argmax(dim=1)
+    true = torch.tensor(KIND_TYPES)[scores.kind]
     matrix = torch.zeros(len(TYPES), len(TYPES), dtype=torch.long)
-    matrix.index_put_((scores.kind, predicted), torch.ones_like(predicted), accumulate=True)
+    matrix.index_put_((true, predicted), torch.ones_like(predicted), accumulate=True)
     return matrix.tolist()
+
+
+def reliability_bins(
+    confidence: torch.Tensor, correct: torch.Tensor, weights: torch.Tensor | None = None, bins: int = 15
+) -> list[dict]:
+    """Per equal-width confidence bin over [0.5, 1]: its share of the (weighted) samples, mean confidence, accuracy.
+
+    `weights` re-balance the classes: a test grid that is 96% corrupted would otherwise
+    judge probabilities meant for another mix of clean and corrupted images.
+    """
+    weights = torch.ones_like(confidence) if weights is None else weights
+    index = torch.bucketize(confidence, torch.linspace(0.5, 1.0, bins + 1)[1:-1])
+    rows = []
+    for b in range(bins):
+        w = weights * (index == b)
+        if w.sum() > 0:
+            rows.append(
+                {
+                    "share": float(w.sum() / weights.sum()),
+                    "confidence": float((w * confidence).sum() / w.sum()),
+                    "accuracy": float((w * correct.float()).sum() / w.sum()),
+                }
+            )
+    return rows
+
+
+def expected_calibration_error(
+    confidence: torch.Tensor, correct: torch.Tensor, weights: torch.Tensor | None = None, bins: int = 15
+) -> float:
+    """ECE: the |accuracy - confidence| gap per equal-width confidence bin, weighted by the bin's share."""
+    return sum(
+        row["share"] * abs(row["accuracy"] - row["confidence"])
+        for row in reliability_bins(confidence, correct, weights, bins)
+    )
 
 
 def class_weights(labels: torch.Tensor, corrupted_share: float) -> torch.Tensor:
@@ -136,7 +169,7 @@ def calibration(scores: Scores, temperature: float, operating_prior: float) -> d
     result = {}
     for name, (corrupted, prior) in variants.items():
         confidence = torch.maximum(corrupted, 1 - corrupted)
-        correct = (corrupted > THRESHOLD) == scores.label.bool()
+        correct = is_corrupted(corrupted) == scores.label.bool()
         weights = class_weights(scores.label, prior)
         result[name] = {
             "corrupted_share": prior,

@@ -1,14 +1,14 @@
 """Grad-CAM explanations: where in an image the model sees corruption.
 
-Server-agnostic like training/inference.py: the TorchServe handler only routes
-explanation requests here. Captum's LayerGradCam weighs the activations of one
+Server-agnostic: the inference core (detector/inference.py) calls it for the
+requests of a batch that asked for an explanation. Captum's LayerGradCam weighs the activations of one
 ResNet stage by the gradient of the "corrupted" logit, so the heatmap shows the
 evidence for "corrupted" whatever the predicted label (read it together with
 the probabilities: a clean image's map is normalised too).
 
 The stage is layer2, 8x8 cells for a 32x32 input: it finds a one-quadrant
 occlusion about as often as the coarser stages (98/100 against 100 for
-layer3's 4x4 cells with the shipped weights; `python -m training.explain_report`,
+layer3's 4x4 cells with the shipped weights; `python -m evaluation.explain_report`,
 observability/README.md) and draws finer maps; layer4's 2x2 cells are whole
 quadrants, too coarse to show where.
 """
@@ -24,9 +24,8 @@ from captum.attr import LayerAttribution, LayerGradCam
 from matplotlib import colormaps
 from PIL import Image
 
-from training.inference import CorruptionDetector
-from training.model import LABELS
-from training.preprocessing import INPUT_SIZE, normalise
+from detector.model import LABELS, CorruptionNet
+from detector.preprocessing import INPUT_SIZE, normalise
 
 TARGET = "corrupted"
 LAYER = "layer2"
@@ -65,32 +64,18 @@ def explanation_body(prediction: dict, image: torch.Tensor, heatmap: torch.Tenso
 
 
 class GradCamExplainer:
-    """Grad-CAM of the "corrupted" logit over one stage of a detector's model."""
+    """Grad-CAM of the "corrupted" logit over one stage of a model."""
 
-    def __init__(self, detector: CorruptionDetector, layer: str = LAYER) -> None:
-        self.detector = detector
+    def __init__(self, model: CorruptionNet, device: torch.device, layer: str = LAYER) -> None:
+        self.device = device
         self.layer = layer
-        self.gradcam = LayerGradCam(detector.model, detector.model.trunk.get_submodule(layer))
+        self.gradcam = LayerGradCam(model, model.trunk.get_submodule(layer))
 
     def heatmaps(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """(N, 32, 32) maps in [0, 1] for uint8 CHW images at input size, each scaled so its peak is 1."""
-        batch = normalise(torch.stack(list(images))).to(self.detector.device)
+        batch = normalise(torch.stack(list(images))).to(self.device)
         with torch.enable_grad():  # servers often run handlers under no_grad; Grad-CAM needs gradients
             cam = self.gradcam.attribute(batch, target=LABELS.index(TARGET), relu_attributions=True)
         cam = LayerAttribution.interpolate(cam.detach(), (INPUT_SIZE, INPUT_SIZE), "bilinear").squeeze(1).cpu()
         peak = cam.flatten(1).amax(dim=1).clamp_min(torch.finfo(cam.dtype).tiny)
         return cam / peak.view(-1, 1, 1)
-
-    def explain_inputs(self, images: Sequence[torch.Tensor]) -> list[dict]:
-        """Prediction and explanation bodies for preprocessed images, each a (V, 3, 32, 32) stack of views.
-
-        The prediction uses every view; the heatmap explains the whole-image view (view 0), the one
-        a person can compare with the picture (one batched backward pass).
-        """
-        predictions = self.detector.predict_inputs(images)
-        wholes = [views[0] for views in images]
-        maps = self.heatmaps(wholes)
-        return [
-            explanation_body(prediction, whole, heatmap, self.layer)
-            for prediction, whole, heatmap in zip(predictions, wholes, maps, strict=True)
-        ]
