@@ -13,8 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from detector.decoding import BadImageError
 from detector.inference import CorruptionDetector, error_body
-from detector.preprocessing import BadImageError
 from training.archive import SHIPPED_WEIGHTS
 
 WEIGHTS = Path(os.environ.get("WEIGHTS", SHIPPED_WEIGHTS))

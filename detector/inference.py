@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from detector.corruptions import TYPES
+from detector.decoding import BadImageError
 from detector.explain import GradCamExplainer, explanation_body
 from detector.model import LABELS, is_corrupted, load_model
-from detector.preprocessing import TILES_PER_SIDE, BadImageError, image_bytes_to_views, normalise
+from detector.preprocessing import TILES_PER_SIDE, image_bytes_to_views, normalise
 
 # Damage that downscaling averages away: the only evidence trusted from tiles. Blur, brightness and
 # occlusion are judged on the whole image (a native-resolution tile of a sharp photo can look soft).

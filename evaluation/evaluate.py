@@ -20,8 +20,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from detector.corruptions import CAMERA_JPEG_QUALITY, KINDS, TYPES, corrupt
+from detector.decoding import decode_image
 from detector.inference import CorruptionDetector
-from detector.preprocessing import decode_image
 from evaluation.baseline import HeuristicBaseline
 from evaluation.grid import CorruptionGrid, Materialised
 from evaluation.heldout import HELDOUT, HELDOUT_KINDS

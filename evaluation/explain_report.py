@@ -19,9 +19,10 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from detector.corruptions import KINDS, SAMPLE_KINDS, corrupt
+from detector.decoding import decode_image
 from detector.explain import GradCamExplainer
 from detector.inference import CorruptionDetector
-from detector.preprocessing import INPUT_SIZE, decode_image, resize_to_input
+from detector.preprocessing import INPUT_SIZE, resize_to_input
 from training.archive import SHIPPED_WEIGHTS
 from training.data import SUBSET, find_images
 

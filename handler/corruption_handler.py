@@ -18,8 +18,8 @@ import torch
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 
+from detector.decoding import BadImageError
 from detector.inference import CorruptionDetector, Record, error_body
-from detector.preprocessing import BadImageError
 
 # Where TorchServe puts a request's payload: raw body, or a multipart field.
 PAYLOAD_KEYS = ("data", "body", "file", "image")

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bench.inputs import png_header_only
-from detector.preprocessing import INPUT_SIZE, MAX_PIXELS, BadImageError, decode_image, image_bytes_to_views
+from detector.decoding import MAX_PIXELS, BadImageError, decode_image
+from detector.preprocessing import INPUT_SIZE, image_bytes_to_views
 
 # Pillow warns about the corrupt metadata these inputs are made of.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -6,7 +6,7 @@ import pytest
 
 from bench.inputs import bad_images, good_images
 from detector.corruptions import TYPES
-from detector.preprocessing import BadImageError
+from detector.decoding import BadImageError
 from handler.corruption_handler import request_bytes
 from tests.helpers import assert_prediction_schema, run_batch, start_handler
 

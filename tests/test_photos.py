@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detector.preprocessing import decode_image
+from detector.decoding import decode_image
 from evaluation import photos
 from evaluation.photos import PHOTOS, MissingPhotoPackageError, Photo, jpeg_quality, load_photos
 

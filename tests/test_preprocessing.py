@@ -6,19 +6,16 @@ import torch
 from PIL import Image
 
 from bench.inputs import bad_images, encode, good_images, sample_rgb
+from detector.decoding import MAX_PIXELS, BadImageError, decode_image, to_rgb
 from detector.preprocessing import (
     INPUT_SIZE,
-    MAX_PIXELS,
     TILE_SCALES,
     TILED_MIN_SIDE,
     TILES_PER_SIDE,
-    BadImageError,
-    decode_image,
     image_bytes_to_views,
     image_to_views,
     normalise,
     resize_to_input,
-    to_rgb,
 )
 
 

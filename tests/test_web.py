@@ -28,7 +28,8 @@ from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 from bench.inputs import encode
 from bench.torchserve import ROOT, free_port
 from detector.corruptions import corrupt
-from detector.preprocessing import decode_image, resize_to_input
+from detector.decoding import decode_image
+from detector.preprocessing import resize_to_input
 from training.data import find_images
 
 WEB = ROOT / "web"

@@ -10,7 +10,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from detector.corruptions import KINDS, SAMPLE_KINDS, SEVERITIES, camera_jpeg, corrupt
-from detector.preprocessing import decode_image, normalise, resize_to_input
+from detector.decoding import decode_image
+from detector.preprocessing import normalise, resize_to_input
 
 # The lossless CIFAR-10 subset laid beside the project (../shared/data): tests, benchmarks, CPU training.
 SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"
