@@ -1,22 +1,52 @@
 """Bytes -> upright 8-bit RGB image, or a refusal naming why: the first step of serving, training and evaluation.
 
-Headers are checked before any pixel is decoded (format allowlist, pixel limit), so a bad or
-oversized upload is refused cheaply. Packed into the model archive with the rest of `detector`.
+Headers are checked before any pixel is decoded (format allowlist, pixel limit, the memory the
+decode will take, JPEG scans too short for their declared size), so a bad or oversized upload is
+refused cheaply. Conversions to RGB work in bands of rows, so decoding one image never needs more
+than `decode_bytes` of it: the decoded buffer plus the RGB result. Packed into the model archive
+with the rest of `detector`.
 """
 
 import io
+import math
+from collections.abc import Iterator
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 # Refuse images declaring more pixels than this before decoding them: 50 MP covers
 # current phone cameras, and decoding bigger ones costs hundreds of MB per request.
 MAX_PIXELS = 50_000_000
+# Bytes Pillow stores per pixel, by mode; every other mode (RGB included, padded to 4) takes 4.
+STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+DEFAULT_STORED_BYTES = 4
+# Working memory some decoders need per pixel beside the image buffer: libwebp's animation decoder
+# (Pillow's reader for every WebP) keeps two RGBA canvases and hands Pillow a third copy (measured:
+# 16 bytes per pixel for an RGBA WebP); progressive JPEGs keep every DCT coefficient (2 bytes each:
+# one per pixel of each component, fewer for subsampled chroma).
+DECODER_BYTES = {"WEBP": 12}
+COEFFICIENT_BYTES = 2
+ORIENTATION = 0x0112  # EXIF tag: 2..8 mean the image is stored mirrored or rotated
+# The RGB result (Pillow pads RGB pixels to 4 bytes).
+RGB_BYTES = 4
+# Refuse images whose decode would take more than this: 8 bytes per pixel at the pixel limit, what a
+# 50 MP RGB JPEG with an EXIF rotation takes (decoded buffer + rotated copy). Float, 16-bit and
+# transparent images fit the same budget because they are converted in bands.
+MAX_DECODE_BYTES = 8 * MAX_PIXELS
+# Conversions to RGB run over bands of about this many pixels: whatever the image's size, their
+# temporaries (the band cropped, as float32, as 8-bit, as RGB) stay under BAND_BYTES.
+BAND_PIXELS = 1 << 20
+BAND_BYTES = 20 * BAND_PIXELS
 # Formats accepted; everything else is refused before a decoder runs. (Pillow's
 # JPEG opener also returns the multi-picture JPEGs many phones write.)
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 # Transparent pixels are shown on white, as an image viewer or browser would.
 BACKGROUND = (255, 255, 255)
+HIGH_BIT_DEPTH = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# JPEG frame markers of arithmetic-coded images, which may legally spend under one bit per block.
+ARITHMETIC_JPEG = {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7} | ARITHMETIC_JPEG
 
 
 class BadImageError(ValueError):
@@ -26,6 +56,47 @@ class BadImageError(ValueError):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+def decode_bytes(image: Image.Image) -> int:
+    """Peak bytes that decoding an opened image to RGB takes, from its header alone.
+
+    The largest of: decoding (buffer + the decoder's own working memory), converting to RGB in
+    bands (buffer + result) and an EXIF rotation (buffer + rotated copy). Animated images count
+    one frame: only the first is decoded.
+    """
+    stored = STORED_BYTES.get(image.mode, DEFAULT_STORED_BYTES)
+    working = DECODER_BYTES.get(image.format or "", 0)
+    if image.format == "JPEG" and image.info.get("progressive"):
+        working = progressive_jpeg_bytes(image)
+    rotated = stored if may_be_rotated(image) else 0
+    converted = 0 if image.mode == "RGB" else RGB_BYTES
+    per_pixel = stored + max(working, rotated, converted)
+    return math.ceil(image.width * image.height * per_pixel) + (BAND_BYTES if converted else 0)
+
+
+def may_be_rotated(image: Image.Image) -> bool:
+    """Whether the EXIF orientation asks for a rotated copy, from what the header already holds.
+
+    Never `getexif()` here: for a PNG without an early eXIf chunk it decodes the whole image to look
+    for a late one. Such a PNG counts as rotated; JPEG, WebP and TIFF carry their EXIF up front.
+    """
+    if image.format == "TIFF":
+        return image.getexif().get(ORIENTATION, 1) != 1  # TIFF tags are read with the header
+    raw = image.info.get("exif")
+    if not raw:
+        return image.format == "PNG"
+    exif = Image.Exif()
+    exif.load(raw)
+    return exif.get(ORIENTATION, 1) != 1
+
+
+def progressive_jpeg_bytes(image: Image.Image) -> float:
+    """Bytes per pixel of a progressive JPEG's coefficient buffer: 2 per coefficient, per component's sampling."""
+    layers = getattr(image, "layer", None) or [(0, 1, 1, 0)] * 4
+    most_h = max(h for _, h, _, _ in layers)
+    most_v = max(v for _, _, v, _ in layers)
+    return COEFFICIENT_BYTES * sum(h * v / (most_h * most_v) for _, h, v, _ in layers)
 
 
 def open_image(data: bytes) -> Image.Image:
@@ -47,7 +118,64 @@ def open_image(data: bytes) -> Image.Image:
         )
     if width == 0 or height == 0:
         raise BadImageError("not_an_image", f"image declares an empty size {width}x{height}")
+    needed = decode_bytes(image)
+    if needed > MAX_DECODE_BYTES:
+        raise BadImageError(
+            "too_many_pixels",
+            f"a {width}x{height} {image.format} image in mode {image.mode} needs {needed // 2**20} MiB to decode, "
+            f"more than the limit of {MAX_DECODE_BYTES // 2**20} MiB",
+        )
+    if image.format == "JPEG":
+        check_jpeg_scan(image, data)
     return image
+
+
+def jpeg_scan_start(data: bytes) -> tuple[int, int] | None:
+    """(frame marker, offset of the first scan's data) from a JPEG's marker segments; None if not found."""
+    position, frame = 2, None
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker in JPEG_FRAMES and frame is None:
+            frame = marker
+        if marker == 0xDA:
+            return (frame, position + 2 + length) if frame is not None else None
+        position += 2 + length
+    return None
+
+
+def check_jpeg_scan(image: Image.Image, data: bytes) -> None:
+    """Refuse a JPEG whose data is too short to hold the blocks its header declares.
+
+    libjpeg fills whatever a scan lacks with grey and only warns, so a 3 KB file declaring
+    7000x7000 would decode (slowly, in hundreds of MB) to a grey picture. Huffman coding spends
+    at least one bit on every 8x8 block of every component (a DC code), so shorter data cannot
+    be a whole image. Arithmetic-coded JPEGs can legally be smaller and are not checked.
+    """
+    found = jpeg_scan_start(data)
+    layers = getattr(image, "layer", None)
+    if found is None or not layers:
+        return  # Pillow decides (and refuses) what the marker walk cannot read
+    frame, scan = found
+    if frame in ARITHMETIC_JPEG:
+        return
+    most_h = max(h for _, h, _, _ in layers)
+    most_v = max(v for _, _, v, _ in layers)
+    blocks = sum(
+        math.ceil(math.ceil(image.width * h / most_h) / 8) * math.ceil(math.ceil(image.height * v / most_v) / 8)
+        for _, h, v, _ in layers
+    )
+    if (len(data) - scan) * 8 < blocks:
+        raise BadImageError(
+            "truncated_image",
+            f"the image data is truncated: a {image.width}x{image.height} JPEG needs at least {blocks // 8} bytes "
+            f"of scan data, the body has {len(data) - scan}",
+        )
 
 
 def load_rgb(image: Image.Image, reduce_to: int | None = None) -> Image.Image:
@@ -56,12 +184,15 @@ def load_rgb(image: Image.Image, reduce_to: int | None = None) -> Image.Image:
     With `reduce_to`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still
     covers reduce_to x reduce_to pixels: when only a small resized copy is needed this makes
     decoding a 1024x768 photo about 3x faster, and the resized result differs by ~0.2/255.
+    Truncated data raises here: ImageFile.LOAD_TRUNCATED_IMAGES must stay False (checked).
     """
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on: truncated images would decode silently")
     if reduce_to:
         image.draft(None, (reduce_to, reduce_to))  # a no-op for formats other than JPEG
     try:
         image.load()  # first frame only for animated images
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)
         return to_rgb(image)
     except Exception as error:  # truncated or corrupt pixel data
         raise BadImageError("truncated_image", f"the image data is truncated or corrupt: {error}") from error
@@ -72,14 +203,47 @@ def decode_image(data: bytes, reduce_to: int | None = None) -> Image.Image:
     return load_rgb(open_image(data), reduce_to)
 
 
+def bands(image: Image.Image) -> Iterator[tuple[int, int, int, int]]:
+    """Boxes of whole rows covering the image, about BAND_PIXELS each."""
+    rows = max(1, BAND_PIXELS // image.width)
+    for top in range(0, image.height, rows):
+        yield (0, top, image.width, min(top + rows, image.height))
+
+
+def high_bit_depth_scale(image: Image.Image) -> float:
+    """Factor to 8 bits: values up to 255 are kept as they are, anything larger is read as 16-bit."""
+    _, peak = image.getextrema()
+    return 1.0 if not peak > 255 else 255.0 / 65535.0  # `not >`: a NaN peak keeps the values
+
+
+def to_8bit(piece: Image.Image, scale: float) -> Image.Image:
+    """A band of a 16-bit, 32-bit or float image -> 8-bit grey (float32 temporaries of the band only)."""
+    values = np.array(piece, dtype=np.float32)
+    np.multiply(values, scale, out=values)
+    np.nan_to_num(values, copy=False, nan=0.0)
+    np.clip(values, 0, 255, out=values)
+    return Image.fromarray(values.astype(np.uint8))
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB (16-bit and float scaled, alpha composited on white)."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        peak = 255.0 if values.max(initial=0) <= 255 else 65535.0
-        image = Image.fromarray(np.clip(values * 255.0 / peak, 0, 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
+    """Convert any Pillow mode to 8-bit RGB (16-bit and float scaled, alpha composited on white).
+
+    RGB images are returned as they are; other modes are converted band by band into the result,
+    so no full-size temporary (float, RGBA or background) is ever made.
+    """
+    if image.mode == "RGB":
+        return image
+    high = image.mode in HIGH_BIT_DEPTH
+    alpha = image.mode in ALPHA_MODES or "transparency" in image.info
+    if not (high or alpha):
+        return image.convert("RGB")
+    scale = high_bit_depth_scale(image) if high else 1.0
+    result = Image.new("RGB", image.size, BACKGROUND)
+    for box in bands(image):
+        piece = image.crop(box)
+        if high:
+            result.paste(to_8bit(piece, scale).convert("RGB"), box[:2])
+        else:
+            piece = piece.convert("RGBA")
+            result.paste(piece, box[:2], mask=piece)
+    return result
