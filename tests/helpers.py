@@ -4,8 +4,10 @@ TorchServe sets it up, the response schema checks, and one HTTP timeout."""
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from ts.context import Context, RequestProcessor
 
 from handler.corruption_handler import CorruptionHandler
@@ -51,3 +53,19 @@ def assert_prediction_schema(body: dict) -> None:
     assert body["probs"]["clean"] + body["probs"]["corrupted"] == pytest.approx(1.0, abs=1e-6)
     assert body["confidence"] == max(body["probs"].values())
     assert body["label"] == max(body["probs"], key=body["probs"].get)
+
+
+def heavy_noise(image: Image.Image, sigma: float = 60, seed: int = 0) -> Image.Image:
+    """The image under strong Gaussian pixel noise: corrupted for any model, without the corruption table's API."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    noise = np.random.default_rng(seed).normal(0, sigma, pixels.shape)
+    return Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8))
+
+
+def assert_same_answer(actual: dict, expected: dict, tolerance: float = 1e-5) -> None:
+    """The same prediction up to batching noise: TorchServe batches concurrent requests, and a forward pass
+    over another batch moves the probabilities in their sixth decimal."""
+    assert actual["label"] == expected["label"]
+    assert set(actual) == set(expected)
+    assert actual["confidence"] == pytest.approx(expected["confidence"], abs=tolerance)
+    assert actual["probs"] == pytest.approx(expected["probs"], abs=tolerance)

@@ -1,14 +1,33 @@
-"""The TorchServe handler in-process, driven through TorchServe's own Context class."""
+"""The TorchServe handler in-process, driven through TorchServe's own Context class (and, for metrics, its own
+metrics cache reading observability/metrics.yaml)."""
 
 import base64
+import json
+import logging
+from urllib.parse import urlencode
 
 import pytest
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+from ts.utils.util import list_classes_from_module
 
 from bench.inputs import bad_images, good_images
+from bench.torchserve import ROOT
 from detector.corruptions import TYPES
 from detector.decoding import BadImageError
-from handler.corruption_handler import request_bytes
-from tests.helpers import assert_prediction_schema, run_batch, start_handler
+from handler import corruption_handler
+from handler.corruption_handler import (
+    MAX_IMAGES_PER_REQUEST,
+    decile,
+    form_encoded_json,
+    hidden_parts,
+    parse_request,
+    request_bytes,
+)
+from tests.helpers import assert_prediction_schema, context, run_batch, start_handler
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def test_every_image_mode_gets_the_exact_schema(handler, subset):
@@ -78,3 +97,175 @@ def test_request_bytes_refuses_non_images(row, reason):
     with pytest.raises(BadImageError) as refused:
         request_bytes(row)
     assert refused.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"data": b"first", "other": b"second"},  # two multipart fields
+        {"data": b"first", "body": b"second"},
+    ],
+)
+def test_several_files_in_one_request_are_refused_not_dropped(row):
+    with pytest.raises(BadImageError) as refused:
+        request_bytes(row)
+    assert refused.value.reason == "multiple_files"
+    assert "data" in refused.value.message
+
+
+def test_a_repeated_multipart_field_is_seen_from_the_body_length():
+    """TorchServe keeps one part per field name; the Content-Length still counts the dropped one."""
+    boundary = "------------------------8608af3a1a8f5c44"
+    kept = b"x" * 2000
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    one_part = len(boundary) + 200 + len(kept) + len(boundary) + 8
+    assert not hidden_parts({"data": kept}, headers["Content-Type"], str(one_part))
+    assert hidden_parts({"data": kept}, headers["Content-Type"], str(one_part + len(boundary) + 150 + 2000))
+    with pytest.raises(BadImageError) as refused:
+        request_bytes({"data": kept}, {**headers, "Content-Length": str(2 * one_part)})
+    assert refused.value.reason == "multiple_files"
+    assert "data (repeated)" in refused.value.message
+
+
+def test_a_kserve_body_sent_as_a_form_is_put_back_together(subset):
+    """`curl -d @body.json` sends a form: TorchServe splits it at '=' and turns '+' into spaces."""
+    encoded = b64(good_images(subset)["png"])
+    assert "+" in encoded or "=" in encoded, "the test needs a base64 string with '+' or '='"
+    text = json.dumps({"instances": [{"data": encoded}]})
+    name, _, value = text.replace("+", " ").partition("=")
+    assert form_encoded_json({name: value.encode()}) == {"instances": [{"data": encoded}]}
+    assert form_encoded_json({"plain": b"form"}) is None
+
+
+def kserve_v2(*images: bytes, **extra) -> dict:
+    """A KServe v2 (Open Inference Protocol) body: one BYTES input of base64 images."""
+    tensor = {"name": "image", "datatype": "BYTES", "shape": [len(images)], "data": [b64(i) for i in images]}
+    return {"inputs": [tensor], **extra}
+
+
+def test_kserve_v1_and_v2_bodies_are_scored_image_by_image(handler, subset):
+    good = good_images(subset)
+    (plain_png, plain_jpeg), _ = run_batch(handler, [{"body": good["png"]}, {"body": good["jpeg"]}])
+    rows = [
+        {"body": {"instances": [b64(good["png"]), {"data": b64(good["jpeg"])}, {"b64": b64(good["png"])}]}},
+        {"body": kserve_v2(good["png"], good["jpeg"], id="request-7")},
+        {"body": json.dumps({"instances": [b64(good["jpeg"])]}).encode()},  # JSON with another Content-Type
+    ]
+    (v1, v2, v1_bytes), statuses = run_batch(handler, rows)
+    assert statuses == [200, 200, 200]
+    assert v1 == {"predictions": [plain_png, plain_jpeg, plain_png]}
+    assert v1_bytes == {"predictions": [plain_jpeg]}
+    assert v2["id"] == "request-7" and v2["model_name"] == "corruption"
+    outputs = {output["name"]: output for output in v2["outputs"]}
+    assert list(outputs) == ["label", "confidence", "probs"]
+    assert outputs["label"] == {"name": "label", "datatype": "BYTES", "shape": [2],
+                                "data": [plain_png["label"], plain_jpeg["label"]]}  # fmt: skip
+    assert outputs["confidence"]["datatype"] == "FP32"
+    assert outputs["confidence"]["data"] == [plain_png["confidence"], plain_jpeg["confidence"]]
+    assert outputs["probs"]["shape"] == [2, 2] and outputs["probs"]["parameters"] == {"classes": "clean,corrupted"}
+    assert outputs["probs"]["data"] == [*plain_png["probs"].values(), *plain_jpeg["probs"].values()]
+
+
+def test_kserve_v2_returns_the_outputs_asked_for_and_explanations(handler, subset):
+    png = good_images(subset)["png"]
+    body = kserve_v2(png, outputs=[{"name": "probs"}])
+    (only_probs, explained), statuses = run_batch(handler, [{"body": body}, {"body": kserve_v2(png)}], [False, True])
+    assert statuses == [200, 200]
+    assert [output["name"] for output in only_probs["outputs"]] == ["probs"]
+    outputs = {output["name"]: output for output in explained["outputs"]}
+    assert list(outputs) == ["label", "confidence", "probs", "explanation"]
+    assert json.loads(outputs["explanation"]["data"][0])["method"] == "grad-cam"
+
+
+def test_kserve_v1_explain_answers_explanations(handler, subset):
+    (body,), statuses = run_batch(handler, [{"body": {"instances": [b64(good_images(subset)["png"])]}}], [True])
+    assert statuses == [200]
+    assert list(body) == ["explanations"]
+    assert body["explanations"][0]["explanation"]["method"] == "grad-cam"
+
+
+@pytest.mark.parametrize(
+    "body, reason, message",
+    [
+        ({"instances": "not a list"}, "invalid_kserve_request", '"instances" must be a list'),
+        ({"instances": []}, "invalid_kserve_request", "holds no image"),
+        ({"instances": [5]}, "invalid_kserve_request", "instances[0] must be a base64 string"),
+        ({"instances": ["not base64!"]}, "not_an_image", "instances[0] is text"),
+        ({"instances": ["aGVsbG8="] * (MAX_IMAGES_PER_REQUEST + 1)}, "too_many_images", "at most"),
+        ({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1], "data": [0.5]}]}, "invalid_kserve_request",
+         'datatype "BYTES"'),
+        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": ["aGVsbG8="]}]},
+         "invalid_kserve_request", "does not match"),
+        ({"inputs": []}, "invalid_kserve_request", "exactly one input"),
+        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGVsbG8="]}],
+          "outputs": [{"name": "logits"}]}, "invalid_kserve_request", "unknown outputs"),
+        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGVsbG8="]}], "outputs": 5},
+         "invalid_kserve_request", '"outputs" must be a list'),
+        ({"inputs": "image"}, "invalid_kserve_request", "exactly one input"),
+        ({"inputs": [{"datatype": "BYTES", "shape": "x", "data": {}}]}, "invalid_kserve_request", "does not match"),
+        ({"instances": [{"data": 5}]}, "invalid_kserve_request", "must be a base64 string"),
+    ],
+)  # fmt: skip
+def test_bad_kserve_requests_get_a_400_in_kserves_error_shape(handler, subset, body, reason, message):
+    good = {"instances": [b64(good_images(subset)["png"])]}
+    (refused, answered), statuses = run_batch(handler, [{"body": body}, {"body": good}])
+    assert statuses == [400, 200], "one bad request never costs the others of its batch"
+    assert refused["type"] == reason and message in refused["message"]
+    assert refused["error"] == refused["message"] and refused["code"] == 400
+    assert len(answered["predictions"]) == 1
+
+
+def test_one_bad_image_refuses_its_kserve_request_naming_it(handler, subset):
+    good, (truncated, reason) = good_images(subset)["png"], bad_images(subset)["truncated_png"]
+    (body,), statuses = run_batch(handler, [{"body": kserve_v2(good, truncated)}])
+    assert statuses == [400]
+    assert body["type"] == reason
+
+
+def test_parse_request_tells_the_protocols_apart(subset):
+    png = good_images(subset)["png"]
+    assert parse_request({"body": png}, {}).protocol == "plain"
+    assert parse_request({"body": {"data": b64(png)}}, {}).protocol == "plain"
+    assert parse_request({"body": {"instances": [b64(png)]}}, {}).protocol == "kserve-v1"
+    assert parse_request({"body": kserve_v2(png)}, {}).protocol == "kserve-v2"
+    form = urlencode({"x": 1})  # a real form is not a KServe body: it stays a (refused) plain request
+    assert parse_request({form: b""}, {"Content-Type": "application/x-www-form-urlencoded"}).protocol == "plain"
+
+
+@pytest.mark.parametrize("probability, label", [(0.0, "0.0-0.1"), (0.05, "0.0-0.1"), (0.1, "0.1-0.2"),
+                                                (0.55, "0.5-0.6"), (0.999, "0.9-1.0"), (1.0, "0.9-1.0")])  # fmt: skip
+def test_probability_deciles(probability, label):
+    assert decile(probability) == label
+
+
+def test_every_handler_metric_is_declared_and_carries_the_model_version(handler, subset, caplog):
+    """TorchServe's own metrics cache, reading observability/metrics.yaml, accepts every metric the handler emits."""
+    cache = MetricsCacheYamlImpl(str(ROOT / "observability" / "metrics.yaml"))
+    cache.initialize_cache()
+    cache.model_name = "corruption"
+    batch = context([{"explain": "False"}, {"explain": "True"}, {"explain": "False"}], metrics=cache)
+    cache.set_request_ids({0: "a", 1: "b", 2: "c"})
+    png = good_images(subset)["png"]
+    handler.model_version = "2.0"
+    try:
+        with caplog.at_level(logging.INFO):
+            handler.handle([{"body": png}, {"body": png}, {"body": b"no image"}], batch)
+    finally:
+        handler.model_version = "unknown"
+    lines = [record.getMessage() for record in caplog.records if "[METRICS]" in record.getMessage()]
+    assert not [line for line in lines if "Failed" in line], lines
+    emitted = {line.split("[METRICS]")[1].split(".")[0] for line in lines}
+    assert emitted == {
+        "corruption_predictions_total",
+        "corruption_probability_decile_total",
+        "corruption_preprocess_seconds",
+        "corruption_handler_seconds",
+        "corruption_bad_inputs_total",
+    }
+    assert all("ModelVersion:2.0" in line for line in lines), lines
+    assert any("decile:" in line for line in lines)
+
+
+def test_the_handler_module_defines_exactly_one_class():
+    """TorchServe instantiates the handler module's only class and refuses a module with two."""
+    assert list_classes_from_module(corruption_handler) == [corruption_handler.CorruptionHandler]

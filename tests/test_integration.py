@@ -55,6 +55,22 @@ def test_multipart_and_base64_json_bodies(torchserve, subset):
 
 
 @pytest.mark.parametrize(
+    "files",
+    [
+        [("data", "a.png"), ("other", "b.jpg")],  # two fields
+        [("data", "a.png"), ("data", "b.jpg")],  # one field twice: TorchServe keeps only one of them
+    ],
+)
+def test_several_files_in_one_multipart_request_are_refused_not_dropped(torchserve, subset, files):
+    images = {"a.png": good_images(subset)["png"], "b.jpg": good_images(subset)["jpeg"]}
+    upload = [(field, (name, images[name])) for field, name in files]
+    response = requests.post(f"{torchserve.inference}/predictions/corruption", files=upload, timeout=TIMEOUT)
+    assert response.status_code == 400, response.text
+    assert response.json()["type"] == "multiple_files"
+    assert "one image per request" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
     "name", ["empty", "random_bytes", "truncated_png", "truncated_jpeg", "huge_declared_png", "over_limit_png", "pdf"]
 )
 def test_bad_input_gets_4xx_json_and_the_worker_survives(torchserve, subset, name):

@@ -1,9 +1,11 @@
-"""The Grafana dashboard against a real TorchServe scraped by a real Prometheus, so it cannot drift from the server.
+"""The Grafana dashboard and the alerting rules against a real TorchServe scraped by a real Prometheus, so they
+cannot drift from the server.
 
 Prometheus runs the scrape job of observability/prometheus.yml (target and interval
-replaced) and evaluates every query of observability/grafana-dashboard.json after
-traffic of every kind the dashboard shows: each must return series carrying the
-labels its legend and grouping use.
+replaced) with the rules of observability/rules.yml, and evaluates every query of
+observability/grafana-dashboard.json and every recording rule after traffic of every
+kind the dashboard shows: each must return series carrying the labels its legend and
+grouping use. promtool checks the rules and runs their unit tests (rules.test.yml).
 """
 
 import json
@@ -17,25 +19,24 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-import torchvision.transforms.v2.functional as F
 import ts
 import yaml
 
 from bench.inputs import encode, sample_rgb
 from bench.torchserve import ROOT, free_port
-from detector.corruptions import corrupt
-from detector.preprocessing import resize_to_input
 from handler import corruption_handler
-from tests.helpers import TIMEOUT
+from tests.helpers import TIMEOUT, heavy_noise
 
 OBSERVABILITY = ROOT / "observability"
 DASHBOARD = OBSERVABILITY / "grafana-dashboard.json"
 SCRAPE_CONFIG = OBSERVABILITY / "prometheus.yml"
+RULES = OBSERVABILITY / "rules.yml"
+RULE_TESTS = OBSERVABILITY / "rules.test.yml"
 # Debian's `prometheus` package (.ci/run installs it).
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 # What Grafana substitutes into the queries; the test server's model is "corruption".
-VARIABLES = {"$__rate_interval": "1m", "${model}": "corruption", "$model": "corruption"}
+VARIABLES = {"$__rate_interval": "1m", "${model}": "corruption", "$model": "corruption", "$version": ".*"}
 
 
 def dashboard_targets() -> list[tuple[str, dict]]:
@@ -69,6 +70,8 @@ def start_prometheus(metrics_url: str, workdir: Path) -> tuple[subprocess.Popen,
     job = config["scrape_configs"][0]
     job["static_configs"] = [{"targets": [urlsplit(metrics_url).netloc]}]
     job["scrape_interval"] = "1s"
+    config["global"]["evaluation_interval"] = "1s"
+    config["rule_files"] = [str(RULES)]
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     address = f"127.0.0.1:{free_port()}"
     with open(workdir / "prometheus.log", "wb") as log:
@@ -123,10 +126,10 @@ def query_until(url: str, expr: str, failure: str, process: subprocess.Popen | N
 def send_traffic(torchserve, subset: Path) -> None:
     """A clean and a corrupted prediction, an explanation, a refused input and a 5xx (a version without workers)."""
     inference, management = torchserve.inference, torchserve.management
-    clean = resize_to_input(sample_rgb(subset))
-    noisy = corrupt(clean, "gaussian_noise", 5, seed=0)
+    clean = sample_rgb(subset)
+    noisy = heavy_noise(clean)
     for image, path in ((clean, "predictions"), (noisy, "predictions"), (noisy, "explanations")):
-        png = encode(F.to_pil_image(image), "PNG")
+        png = encode(image, "PNG")
         response = requests.post(f"{inference}/{path}/corruption", data=png, timeout=TIMEOUT)
         assert response.status_code == 200, response.text
     assert requests.post(f"{inference}/predictions/corruption", data=b"text", timeout=TIMEOUT).status_code == 400
@@ -150,6 +153,23 @@ def test_scrape_config_is_valid():
     assert PROMTOOL, "promtool not found: apt-get install prometheus (see .ci/run)"
     checked = subprocess.run([PROMTOOL, "check", "config", str(SCRAPE_CONFIG)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess:
+    assert PROMTOOL, "promtool not found: apt-get install prometheus (see .ci/run)"
+    return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, cwd=OBSERVABILITY)
+
+
+def test_rules_are_valid_and_pass_their_unit_tests():
+    checked = promtool("check", "rules", str(RULES))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = promtool("test", "rules", str(RULE_TESTS))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def recording_rules() -> list[str]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [rule["record"] for group in groups for rule in group["rules"] if "record" in rule]
 
 
 def test_metrics_config_is_torchserves_default_plus_the_handlers_metrics():
@@ -192,3 +212,13 @@ def test_every_dashboard_query_returns_series_with_its_labels(torchserve, promet
         for series in result:
             missing = labels_used(target) - set(series["metric"])
             assert not missing, f"panel {title!r}: {expr} returns series without {missing}: {series['metric']}"
+
+
+def test_every_recording_rule_returns_series_per_model_version(torchserve, prometheus, subset):
+    """The rules' metric names and labels are the ones a real TorchServe exports; the handler's carry the version."""
+    send_traffic(torchserve, subset)
+    assert len(recording_rules()) >= 5
+    for record in recording_rules():
+        result = query_until(prometheus, record, f"recording rule {record} gets no data from a real TorchServe")
+        versions = {series["metric"].get("ModelVersion") for series in result if "ModelName" in series["metric"]}
+        assert not versions or ("1.0" in versions and None not in versions), f"{record}: {versions}"
