@@ -3,8 +3,9 @@
 Server-agnostic: the inference core (detector/inference.py) calls it for the
 requests of a batch that asked for an explanation. Captum's LayerGradCam weighs the activations of one
 ResNet stage by the gradient of the "corrupted" logit, so the heatmap shows the
-evidence for "corrupted" whatever the predicted label (read it together with
-the probabilities: a clean image's map is normalised too).
+evidence for "corrupted" whatever the predicted label. Every map is scaled to
+peak at 1, so a clean verdict's map would still show a hot spot: its body says
+the map is not evidence ("evidence": false) and its overlay shows the image plain.
 
 The stage is layer2, 8x8 cells for a 32x32 input: it finds a one-quadrant
 occlusion about as often as the coarser stages (98/100 against 100 for
@@ -21,36 +22,98 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 from captum.attr import LayerAttribution, LayerGradCam
-from matplotlib import colormaps
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from detector.model import LABELS, CorruptionNet
 from detector.preprocessing import INPUT_SIZE, normalise
 
 TARGET = "corrupted"
 LAYER = "layer2"
-# The overlay shows the model's 32x32 view at 8x, large enough to see on a page.
+# The overlay shows the explained view with its longer side at this many pixels, at the view's own aspect
+# ratio (nearest-neighbour when enlarging: pixels as the model sees them).
 OVERLAY_SIZE = 256
-COLORMAP = "jet"
 # Heat is blended in proportion to its strength: cold regions show the image as it is.
 MAX_ALPHA = 0.6
 HEATMAP_DECIMALS = 3
+# matplotlib's "jet" colour map as (position, value) knots per channel, so the serving core needs no matplotlib.
+JET = {
+    "red": ((0.0, 0.35, 0.66, 0.89, 1.0), (0.0, 0.0, 1.0, 1.0, 0.5)),
+    "green": ((0.0, 0.125, 0.375, 0.64, 0.91, 1.0), (0.0, 0.0, 1.0, 1.0, 0.0, 0.0)),
+    "blue": ((0.0, 0.11, 0.34, 0.65, 1.0), (0.5, 1.0, 1.0, 0.0, 0.0)),
+}
+# The colour scale beside the image: a gap, the bar, and room for its tick labels; a caption line below.
+BAR_GAP, BAR_WIDTH, BAR_LABELS, CAPTION_HEIGHT = 8, 12, 30, 18
+BACKGROUND, INK = (255, 255, 255), (32, 33, 36)
+CAPTIONS = {
+    True: "Grad-CAM: where the model sees corruption",
+    False: "clean verdict: no corruption to locate",
+}
+NOTES = {
+    True: "The heatmap marks where the model sees evidence of corruption (Grad-CAM of the corrupted logit, "
+    "scaled to peak at 1).",
+    False: "The verdict is clean: the heatmap is scaled to peak at 1 whatever the evidence, so it is not evidence "
+    "of corruption, and the overlay shows the image without it.",
+}
 
 
-def overlay_png(image: torch.Tensor, heatmap: torch.Tensor) -> bytes:
-    """PNG of the model's view (uint8 CHW, nearest-upscaled) with the heatmap blended over it."""
-    size = (OVERLAY_SIZE, OVERLAY_SIZE)
-    view = np.asarray(Image.fromarray(image.permute(1, 2, 0).numpy()).resize(size, Image.Resampling.NEAREST)) / 255
-    heat = nnf.interpolate(heatmap[None, None].float(), size=size, mode="bilinear")[0, 0].clamp(0, 1).numpy()
-    alpha = MAX_ALPHA * heat[..., None]
-    blended = (1 - alpha) * view + alpha * colormaps[COLORMAP](heat)[..., :3]
+def jet(values: np.ndarray) -> np.ndarray:
+    """RGB in [0, 1] of matplotlib's "jet" colour map for values in [0, 1] (shape (..., 3))."""
+    return np.stack([np.interp(values, *JET[channel]) for channel in ("red", "green", "blue")], axis=-1)
+
+
+def overlay_area(height: int, width: int) -> tuple[int, int]:
+    """(width, height) of the image area for a view of height x width: its longer side OVERLAY_SIZE, same aspect."""
+    scale = OVERLAY_SIZE / max(height, width)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _view_pixels(image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """The uint8 CHW view resized to `size` (nearest when enlarging), as floats in [0, 1], HWC."""
+    view = Image.fromarray(image.permute(1, 2, 0).numpy())
+    enlarging = size[0] >= view.width and size[1] >= view.height
+    resample = Image.Resampling.NEAREST if enlarging else Image.Resampling.BILINEAR
+    return np.asarray(view.resize(size, resample), dtype=np.float64) / 255
+
+
+def _colour_bar(canvas: Image.Image, left: int, height: int) -> None:
+    """A vertical jet scale from 1 (top) to 0 (bottom) at x = left, with its ends and middle labelled."""
+    ramp = jet(np.linspace(1, 0, height))[:, None, :].repeat(BAR_WIDTH, axis=1)
+    canvas.paste(Image.fromarray((ramp * 255).round().astype(np.uint8)), (left, 0))
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    for value, y in (("1", 0), ("0.5", height // 2 - 5), ("0", height - 11)):
+        draw.text((left + BAR_WIDTH + 3, max(0, y)), value, fill=INK, font=font)
+
+
+def overlay_png(image: torch.Tensor, heatmap: torch.Tensor, evidence: bool = True) -> bytes:
+    """PNG of the explained view (uint8 CHW, any size) at its aspect ratio, with the heatmap ((h, w), any size)
+    blended over it and a colour scale beside it; a caption says how to read it.
+
+    Without `evidence` (a clean verdict) the view is shown plain, without heat or scale: a map scaled to peak
+    at 1 would paint a hot spot on an image the model finds clean.
+    """
+    width, height = overlay_area(*image.shape[1:])
+    view = _view_pixels(image, (width, height))
+    if evidence:
+        heat = nnf.interpolate(heatmap[None, None].float(), size=(height, width), mode="bilinear")
+        heat = heat[0, 0].clamp(0, 1).numpy()[..., None]
+        view = (1 - MAX_ALPHA * heat) * view + MAX_ALPHA * heat * jet(heat[..., 0])
+    font = ImageFont.load_default()
+    scale = BAR_GAP + BAR_WIDTH + BAR_LABELS if evidence else 0
+    canvas_width = max(width + scale, round(font.getlength(CAPTIONS[evidence])) + 4)
+    canvas = Image.new("RGB", (canvas_width, height + CAPTION_HEIGHT), BACKGROUND)
+    canvas.paste(Image.fromarray((view * 255).round().astype(np.uint8)), (0, 0))
+    if evidence:
+        _colour_bar(canvas, width + BAR_GAP, height)
+    ImageDraw.Draw(canvas).text((2, height + 4), CAPTIONS[evidence], fill=INK, font=font)
     buffer = io.BytesIO()
-    Image.fromarray((blended * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+    canvas.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
 def explanation_body(prediction: dict, image: torch.Tensor, heatmap: torch.Tensor, layer: str = LAYER) -> dict:
-    """The prediction body plus "explanation": the heatmap as rows of floats and as a base64 PNG overlay."""
+    """The prediction body plus "explanation": the heatmap as rows of floats, whether it is evidence of
+    corruption (only for a corrupted verdict), a note saying how to read it, and a base64 PNG overlay."""
+    evidence = prediction["label"] == TARGET
     return {
         **prediction,
         "explanation": {
@@ -58,7 +121,9 @@ def explanation_body(prediction: dict, image: torch.Tensor, heatmap: torch.Tenso
             "target": TARGET,
             "layer": layer,
             "heatmap": heatmap.double().round(decimals=HEATMAP_DECIMALS).tolist(),
-            "overlay_png": base64.b64encode(overlay_png(image, heatmap)).decode("ascii"),
+            "evidence": evidence,
+            "note": NOTES[evidence],
+            "overlay_png": base64.b64encode(overlay_png(image, heatmap, evidence)).decode("ascii"),
         },
     }
 

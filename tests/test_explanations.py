@@ -1,4 +1,5 @@
-"""Grad-CAM explanations: the documented body in-process and through TorchServe's explanations API, and a
+"""Grad-CAM explanations: the documented body in-process and through TorchServe's explanations API, an overlay
+that keeps the view's aspect ratio, carries a colour scale and paints no heat on a clean verdict, and a
 sensibility check: the heatmap finds a one-quadrant occlusion far more often than chance."""
 
 import base64
@@ -6,6 +7,7 @@ import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import requests
 import torch
@@ -13,8 +15,18 @@ import torchvision.transforms.v2.functional as F
 from PIL import Image
 
 from bench.inputs import bad_images, encode, good_images
-from detector.explain import OVERLAY_SIZE, GradCamExplainer, overlay_png
-from detector.preprocessing import INPUT_SIZE
+from detector.explain import (
+    BAR_GAP,
+    BAR_LABELS,
+    BAR_WIDTH,
+    CAPTION_HEIGHT,
+    OVERLAY_SIZE,
+    GradCamExplainer,
+    explanation_body,
+    jet,
+    overlay_area,
+    overlay_png,
+)
 from evaluation.explain_report import QUADRANT_CASES, heaviest_quadrant, quadrant_cases, sample_images
 from tests.helpers import TIMEOUT, assert_prediction_schema, run_batch
 
@@ -22,6 +34,9 @@ from tests.helpers import TIMEOUT, assert_prediction_schema, run_batch
 # the checkpoints of its training run (python -m evaluation.explain_report; observability/README.md). Chance is
 # 25, and reaching 50 by chance has probability 7e-8.
 MIN_QUADRANT_RATE = 0.5
+# The overlay's colour scale: its width beside the image area.
+SCALE_WIDTH = BAR_GAP + BAR_WIDTH + BAR_LABELS
+GREY = (128, 128, 128)
 
 
 @pytest.fixture(scope="module")
@@ -34,40 +49,92 @@ def decode_overlay(body: dict) -> Image.Image:
 
 
 def assert_explanation_schema(body: dict) -> None:
-    """The prediction schema plus "explanation": a 32x32 heatmap in [0, 1] peaking at 1, and a 256x256 PNG."""
+    """The prediction schema plus "explanation": a heatmap in [0, 1] peaking at 1, whether it is evidence (only
+    for a corrupted verdict) and a note, and a PNG of the view at its aspect ratio (a colour scale with evidence)."""
     assert_prediction_schema({key: value for key, value in body.items() if key != "explanation"})
     explanation = body["explanation"]
-    assert set(explanation) == {"method", "target", "layer", "heatmap", "overlay_png"}
-    assert (explanation["method"], explanation["target"], explanation["layer"]) == ("grad-cam", "corrupted", "layer2")
+    assert set(explanation) == {"method", "target", "layer", "heatmap", "evidence", "note", "overlay_png"}
+    assert (explanation["method"], explanation["target"]) == ("grad-cam", "corrupted")
+    assert explanation["evidence"] == (body["label"] == "corrupted")
+    assert ("not evidence" in explanation["note"]) == (not explanation["evidence"])
     heatmap = torch.tensor(explanation["heatmap"])
-    assert heatmap.shape == (INPUT_SIZE, INPUT_SIZE)
+    assert heatmap.ndim == 2
     assert heatmap.min() >= 0 and heatmap.max() == 1
     overlay = decode_overlay(body)
-    assert (overlay.format, overlay.mode, overlay.size) == ("PNG", "RGB", (OVERLAY_SIZE, OVERLAY_SIZE))
+    width, height = overlay_area(*heatmap.shape)  # the heatmap covers the explained view, at its aspect ratio
+    assert (overlay.format, overlay.mode, overlay.height) == ("PNG", "RGB", height + CAPTION_HEIGHT)
+    assert overlay.width == width + SCALE_WIDTH if explanation["evidence"] else overlay.width >= width
 
 
 def test_heatmaps_are_input_sized_and_peak_at_one(explainer, subset):
-    maps = explainer.heatmaps(sample_images(subset / "test", 8))
-    assert maps.shape == (8, INPUT_SIZE, INPUT_SIZE)
+    images = sample_images(subset / "test", 8)
+    maps = explainer.heatmaps(images)
+    assert maps.shape == (8, *images[0].shape[1:])
     assert torch.all(maps >= 0)
     assert torch.allclose(maps.flatten(1).amax(dim=1), torch.ones(8))
     assert torch.all(maps.flatten(1).std(dim=1) > 0.05), "a heatmap is flat"
 
 
+def image_area(png: bytes, height: int, width: int) -> Image.Image:
+    """The part of an overlay PNG that shows the view (the rest is the colour scale and the caption)."""
+    return Image.open(io.BytesIO(png)).crop((0, 0, *overlay_area(height, width)))
+
+
 def test_overlay_shows_the_image_where_cold_and_colours_it_where_hot():
-    image = torch.full((3, INPUT_SIZE, INPUT_SIZE), 128, dtype=torch.uint8)
-    heatmap = torch.zeros(INPUT_SIZE, INPUT_SIZE)
-    cold = Image.open(io.BytesIO(overlay_png(image, heatmap)))
-    assert cold.getcolors() == [(OVERLAY_SIZE * OVERLAY_SIZE, (128, 128, 128))]
+    image = torch.full((3, 32, 32), 128, dtype=torch.uint8)
+    heatmap = torch.zeros(32, 32)
+    cold = image_area(overlay_png(image, heatmap), 32, 32)
+    assert cold.getcolors() == [(OVERLAY_SIZE * OVERLAY_SIZE, GREY)]
     heatmap[:4, :4] = 1.0
-    hot = Image.open(io.BytesIO(overlay_png(image, heatmap)))
-    assert hot.getpixel((0, 0)) != (128, 128, 128)
-    assert hot.getpixel((OVERLAY_SIZE - 1, OVERLAY_SIZE - 1)) == (128, 128, 128)
+    hot = image_area(overlay_png(image, heatmap), 32, 32)
+    assert hot.getpixel((0, 0)) != GREY
+    assert hot.getpixel((OVERLAY_SIZE - 1, OVERLAY_SIZE - 1)) == GREY
+
+
+@pytest.mark.parametrize("height, width", [(20, 30), (30, 20), (32, 32), (240, 360), (600, 400)])
+def test_overlay_keeps_the_views_aspect_ratio_whatever_the_heatmaps_size(height, width):
+    """A 3:2 view stays 3:2 (the page showed a squashed square); the heatmap is stretched over the view."""
+    image = torch.full((3, height, width), 128, dtype=torch.uint8)
+    heatmap = torch.zeros(8, 8)
+    heatmap[-1, -1] = 1.0  # heat in the bottom-right corner only
+    png = overlay_png(image, heatmap)
+    area_width, area_height = overlay_area(height, width)
+    assert max(area_width, area_height) == OVERLAY_SIZE
+    assert area_width / area_height == pytest.approx(width / height, rel=0.01)
+    assert Image.open(io.BytesIO(png)).size == (area_width + SCALE_WIDTH, area_height + CAPTION_HEIGHT)
+    area = image_area(png, height, width)
+    assert area.getpixel((0, 0)) == GREY and area.getpixel((area_width - 1, area_height - 1)) != GREY
+
+
+def test_overlay_carries_a_colour_scale_from_cold_to_hot():
+    png = overlay_png(torch.full((3, 32, 32), 128, dtype=torch.uint8), torch.rand(32, 32))
+    overlay = Image.open(io.BytesIO(png))
+    column = OVERLAY_SIZE + BAR_GAP + BAR_WIDTH // 2
+    top, bottom = overlay.getpixel((column, 0)), overlay.getpixel((column, OVERLAY_SIZE - 1))
+    assert top == tuple(round(c * 255) for c in jet(np.array(1.0)))  # dark red: strongest evidence
+    assert bottom == tuple(round(c * 255) for c in jet(np.array(0.0)))  # dark blue: none
+    assert jet(np.array(0.5)).tolist() != jet(np.array(0.0)).tolist()
+
+
+def test_a_clean_verdict_paints_no_hot_spot_and_says_the_map_is_not_evidence():
+    image = torch.full((3, 20, 30), 128, dtype=torch.uint8)
+    heatmap = torch.zeros(20, 30)
+    heatmap[5:10, 5:10] = 1.0  # the peak every normalised map has
+    clean = {"label": "clean", "confidence": 0.976, "probs": {"clean": 0.976, "corrupted": 0.024}}
+    body = explanation_body(clean, image, heatmap)
+    assert body["explanation"]["evidence"] is False and "not evidence" in body["explanation"]["note"]
+    assert body["explanation"]["heatmap"][5][5] == 1.0, "the numbers stay for clients"
+    assert image_area(base64.b64decode(body["explanation"]["overlay_png"]), 20, 30).getcolors() == [
+        (OVERLAY_SIZE * overlay_area(20, 30)[1], GREY)
+    ]
+    corrupted = explanation_body({**clean, "label": "corrupted", "confidence": 0.9}, image, heatmap)
+    assert corrupted["explanation"]["evidence"] is True
+    assert image_area(base64.b64decode(corrupted["explanation"]["overlay_png"]), 20, 30).getpixel((64, 64)) != GREY
 
 
 @pytest.mark.parametrize("quadrant", range(4))
 def test_quadrants_are_numbered_row_by_row(quadrant):
-    heatmap = torch.zeros(INPUT_SIZE, INPUT_SIZE)
+    heatmap = torch.zeros(32, 32)
     row, column = divmod(quadrant, 2)
     heatmap[row * 16 + 5, column * 16 + 9] = 1.0
     assert heaviest_quadrant(heatmap) == quadrant

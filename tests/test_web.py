@@ -22,14 +22,12 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-import torchvision.transforms.v2.functional as F
+from PIL import Image
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
-from bench.inputs import encode
+from bench.inputs import encode, sample_rgb
 from bench.torchserve import ROOT, free_port
-from detector.corruptions import corrupt
-from detector.decoding import decode_image
-from detector.preprocessing import resize_to_input
+from tests.helpers import heavy_noise
 from training.data import find_images
 
 WEB = ROOT / "web"
@@ -128,10 +126,10 @@ def predict(torchserve, data: bytes) -> dict:
 def clean_and_corrupted(torchserve, subset, tmp_path_factory) -> tuple[Path, Path]:
     """PNG files of the test image the model finds cleanest of the first 20, and of it under heavy noise."""
     folder = tmp_path_factory.mktemp("uploads")
-    images = [resize_to_input(decode_image(path.read_bytes())) for path in find_images(subset / "test")[:20]]
-    pngs = [encode(F.to_pil_image(image), "PNG") for image in images]
+    images = [Image.open(path).convert("RGB") for path in find_images(subset / "test")[:20]]
+    pngs = [encode(image, "PNG") for image in images]
     best = max(range(len(pngs)), key=lambda i: predict(torchserve, pngs[i])["probs"]["clean"])
-    noisy = encode(F.to_pil_image(corrupt(images[best], "gaussian_noise", 5, seed=0)), "PNG")
+    noisy = encode(heavy_noise(images[best]), "PNG")
     assert predict(torchserve, pngs[best])["label"] == "clean", "precondition: no test image is predicted clean"
     assert predict(torchserve, noisy)["label"] == "corrupted", "precondition: heavy noise is not predicted corrupted"
     (folder / "clean.png").write_bytes(pngs[best])
@@ -154,7 +152,8 @@ def drop_file(page: Page, path: Path, mime: str) -> None:
 
 
 def assert_shows(page: Page, expected: dict) -> None:
-    """The page shows the server's label, confidence, both probabilities as bars, and a loaded overlay."""
+    """The page shows the server's label, confidence, both probabilities as bars, and a loaded overlay at its own
+    aspect ratio, captioned as evidence of corruption only for a corrupted verdict."""
     expect(page.locator("#label")).to_have_text(expected["label"], timeout=TIMEOUT_MS)
     expect(page.locator("#confidence")).to_have_text(f"{expected['confidence'] * 100:.1f}%")
     for name, probability in expected["probs"].items():
@@ -166,9 +165,13 @@ def assert_shows(page: Page, expected: dict) -> None:
         )
         assert fill == pytest.approx(probability, abs=0.01), f"the {name} bar is {fill:.1%} full"
     expect(page.locator("#error")).to_be_hidden()
-    overlay = page.locator("#overlay")
     page.wait_for_function("document.getElementById('overlay').complete")
-    assert overlay.evaluate("image => [image.naturalWidth, image.naturalHeight]") == [256, 256]
+    natural, shown = page.locator("#overlay").evaluate(
+        "image => [image.naturalWidth / image.naturalHeight, image.width / image.height]"
+    )
+    assert natural > 0 and shown == pytest.approx(natural, rel=0.02), "the overlay is shown at its own aspect ratio"
+    caption = "Where the model sees corruption" if expected["label"] == "corrupted" else "Clean verdict: no corruption"
+    expect(page.locator("#overlay-caption")).to_contain_text(caption)
 
 
 def test_clean_and_corrupted_images_show_label_probabilities_and_heatmap(torchserve, page, clean_and_corrupted):
@@ -180,6 +183,18 @@ def test_clean_and_corrupted_images_show_label_probabilities_and_heatmap(torchse
     assert_shows(page, predict(torchserve, corrupted.read_bytes()))
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "web-corrupted.png", full_page=True)
+
+
+def test_a_3_by_2_photo_keeps_its_shape(torchserve, page, subset, tmp_path):
+    """The page showed a 3:2 photo squashed to a square; now both images keep their aspect ratio."""
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(encode(sample_rgb(subset).resize((360, 240)), "PNG"))
+    open_page(page, torchserve.inference)
+    page.set_input_files("#file", photo)
+    assert_shows(page, predict(torchserve, photo.read_bytes()))
+    page.wait_for_function("document.getElementById('preview').complete")
+    ratio = page.locator("#preview").evaluate("image => image.width / image.height")
+    assert ratio == pytest.approx(1.5, rel=0.02)
 
 
 def test_a_non_image_file_is_refused_before_sending(torchserve, page):

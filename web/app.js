@@ -73,9 +73,24 @@ function render(file, body) {
     $(`prob-${name}`).textContent = percent(probs[name]);
   }
   $("preview").src = URL.createObjectURL(file);
-  $("overlay").src = `data:image/png;base64,${body.explanation.overlay_png}`;
+  showExplanation(body.explanation);
   $("result").hidden = false;
   showStatus(`${file.name}: ${body.label}`);
+}
+
+// The overlay and how to read it: heat only where the verdict is corrupted (a clean verdict's map, scaled to
+// peak at 1 like every map, would paint a hot spot on an image the model finds clean).
+function showExplanation(explanation) {
+  $("overlay").src = `data:image/png;base64,${explanation.overlay_png}`;
+  if (explanation.evidence) {
+    $("overlay").alt = "Grad-CAM heatmap over the image as the model sees it, with its colour scale";
+    $("overlay-caption").textContent =
+      "Where the model sees corruption (Grad-CAM on the image as the model sees it; scale: 0 none, 1 strongest).";
+  } else {
+    $("overlay").alt = "the image as the model sees it, without a heatmap";
+    $("overlay-caption").textContent =
+      "Clean verdict: no corruption to locate, so no heatmap is shown (the image as the model sees it).";
+  }
 }
 
 async function score(file) {
