@@ -42,6 +42,14 @@ MAX_IMAGES_PER_REQUEST = 64
 # Bytes a multipart part may spend on its own headers (boundary line, Content-Disposition with a file
 # name of up to 255 UTF-8 bytes, Content-Type): more unexplained body than this means a part is missing.
 PART_HEADER_ALLOWANCE = 1024
+# `curl -d`/`--data-binary` without -H sends a form, which TorchServe 0.12 splits at '&' and '=' and decodes
+# ('+' becomes a space); and it can hand a long form field over as its whole 16 MiB backing buffer, stale bytes
+# included (NettyUtils.getBytes returns ByteBuf.array()). Nothing of such a body can be trusted: refuse it.
+FORM_MESSAGE = (
+    "the body was sent as a form (Content-Type: application/x-www-form-urlencoded, curl -d's default), which "
+    "TorchServe garbles: send an image with curl -T photo.jpg or -H 'Content-Type: application/octet-stream', "
+    "JSON with -H 'Content-Type: application/json'"
+)
 # Names, types and shapes of the KServe v2 (Open Inference Protocol) outputs; "probs" columns follow CLASSES.
 CLASSES = ("clean", "corrupted")
 V2_OUTPUTS = ("label", "confidence", "probs", "corruption_type", "explanation")
@@ -94,39 +102,6 @@ def _json_object(value: bytes | str) -> dict | None:
     return parsed if isinstance(parsed, dict) else None
 
 
-def form_encoded_json(row: dict) -> dict | None:
-    """A KServe JSON body that was sent as a form (`curl -d @body.json` without a Content-Type), put back together.
-
-    TorchServe's frontend splits such a body into form fields at '&' and the first '=' of each, and
-    decodes '+' to a space; base64 never holds a space, so the images are restored exactly.
-    """
-    text = "&".join(
-        key + ("=" + bytes(value).decode("utf-8", "replace") if value else "")
-        for key, value in row.items()
-        if isinstance(value, (bytes, bytearray))
-    )
-    parsed = _json_object(text)
-    if parsed is None or not ({"instances", "inputs"} & set(parsed)):
-        return None
-    if isinstance(parsed.get("instances"), list):
-        parsed["instances"] = [_plus(instance) for instance in parsed["instances"]]
-    for tensor in parsed.get("inputs") or []:
-        if isinstance(tensor, dict) and "data" in tensor:
-            tensor["data"] = _plus(tensor["data"])
-    return parsed
-
-
-def _plus(value: object) -> object:
-    """Base64 images with the '+' a form decoder turned into spaces put back."""
-    if isinstance(value, str):
-        return value.replace(" ", "+")
-    if isinstance(value, list):
-        return [_plus(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _plus(item) if key in ("data", "b64") else item for key, item in value.items()}
-    return value
-
-
 def hidden_parts(row: dict, content_type: str, content_length: str | None) -> bool:
     """Whether a multipart body is larger than its visible parts can explain.
 
@@ -146,8 +121,8 @@ def hidden_parts(row: dict, content_type: str, content_length: str | None) -> bo
 def body_value(row: dict, headers: dict) -> object:
     """The one value of a request's body, refusing a multipart request with several files."""
     content_type = str(headers.get("Content-Type") or headers.get("content-type") or "")
-    if content_type.startswith("application/x-www-form-urlencoded") and (parsed := form_encoded_json(row)):
-        return parsed
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        raise BadImageError("form_encoded_body", FORM_MESSAGE)
     fields = [key for key, value in row.items() if value is not None]
     multipart = content_type.startswith("multipart/") and bool(fields)
     if len(fields) > 1 or (multipart and hidden_parts(row, content_type, _length(headers))):

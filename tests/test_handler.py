@@ -4,7 +4,6 @@ metrics cache reading observability/metrics.yaml)."""
 import base64
 import json
 import logging
-from urllib.parse import urlencode
 
 import pytest
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
@@ -18,7 +17,6 @@ from handler import corruption_handler
 from handler.corruption_handler import (
     MAX_IMAGES_PER_REQUEST,
     decile,
-    form_encoded_json,
     hidden_parts,
     parse_request,
     request_bytes,
@@ -127,14 +125,14 @@ def test_a_repeated_multipart_field_is_seen_from_the_body_length():
     assert "data (repeated)" in refused.value.message
 
 
-def test_a_kserve_body_sent_as_a_form_is_put_back_together(subset):
-    """`curl -d @body.json` sends a form: TorchServe splits it at '=' and turns '+' into spaces."""
-    encoded = b64(good_images(subset)["png"])
-    assert "+" in encoded or "=" in encoded, "the test needs a base64 string with '+' or '='"
-    text = json.dumps({"instances": [{"data": encoded}]})
+def test_a_form_encoded_body_is_refused_with_how_to_send_it(subset):
+    """`curl -d @body.json` without a Content-Type sends a form, which TorchServe splits and garbles."""
+    text = json.dumps({"instances": [{"data": b64(good_images(subset)["png"])}]})
     name, _, value = text.replace("+", " ").partition("=")
-    assert form_encoded_json({name: value.encode()}) == {"instances": [{"data": encoded}]}
-    assert form_encoded_json({"plain": b"form"}) is None
+    with pytest.raises(BadImageError) as refused:
+        request_bytes({name: value.encode()}, {"Content-Type": "application/x-www-form-urlencoded"})
+    assert refused.value.reason == "form_encoded_body"
+    assert "Content-Type: application/json" in refused.value.message
 
 
 def kserve_v2(*images: bytes, **extra) -> dict:
@@ -228,8 +226,8 @@ def test_parse_request_tells_the_protocols_apart(subset):
     assert parse_request({"body": {"data": b64(png)}}, {}).protocol == "plain"
     assert parse_request({"body": {"instances": [b64(png)]}}, {}).protocol == "kserve-v1"
     assert parse_request({"body": kserve_v2(png)}, {}).protocol == "kserve-v2"
-    form = urlencode({"x": 1})  # a real form is not a KServe body: it stays a (refused) plain request
-    assert parse_request({form: b""}, {"Content-Type": "application/x-www-form-urlencoded"}).protocol == "plain"
+    (refused,) = parse_request({"x": b"1"}, {"Content-Type": "application/x-www-form-urlencoded"}).payloads
+    assert refused.reason == "form_encoded_body"
 
 
 @pytest.mark.parametrize("probability, label", [(0.0, "0.0-0.1"), (0.05, "0.0-0.1"), (0.1, "0.1-0.2"),
