@@ -13,9 +13,12 @@ EXTRA_DATA ?=
 TEST_DATA ?= ../shared/data/cifar10-subset/test
 EPOCHS ?= 40
 MAR := model_store/corruption.mar
-# Runtime files of `make start`/`stop` (pid file, logs): both must use the same TMPDIR.
+# Runtime files of `make start`/`stop` (pid file, logs): both must use the same TMPDIR. TorchServe names its worker
+# sockets after java.io.tmpdir (/tmp/.ts.sock.9000 by default), not TMPDIR: each checkout gets its own, so two
+# checkouts serving on one host (PORT=...) do not take each other's sockets.
 TS_HOME := $(CURDIR)/.torchserve
-TS_ENV := TMPDIR=$(TS_HOME)/tmp LOG_LOCATION=$(TS_HOME)/logs METRICS_LOCATION=$(TS_HOME)/logs OMP_NUM_THREADS=1
+TS_ENV := TMPDIR=$(TS_HOME)/tmp LOG_LOCATION=$(TS_HOME)/logs METRICS_LOCATION=$(TS_HOME)/logs OMP_NUM_THREADS=1 \
+	JAVA_TOOL_OPTIONS=-Djava.io.tmpdir=$(TS_HOME)/tmp
 TS_ARGS := --ncs --ts-config config.properties --model-store model_store
 # Ports and the web page's origin, in one place. `make serve PORT=9080` (the same PORT for start, stop, web,
 # predict) moves all of them, so two checkouts serve side by side; any one can also be set alone
@@ -118,9 +121,12 @@ bench-large: install  ## print the cost of large images (tiles) per image and pe
 soak: install  ## sustained mixed good/bad load on a real TorchServe: zero 5xx, bounded worker memory
 	$(BIN)/python -m bench.soak
 
-.PHONY: container-smoke footprint
+.PHONY: container-smoke footprint loadtest
 container-smoke: install  ## build the image with podman, run it as the k8s Deployment does, check it serves (root, ~25 GB)
 	bash scripts/container-smoke.sh
 
-footprint: install  ## measure TorchServe's per-pod memory and CPU split (sizes k8s/base/deployment.yaml)
+footprint: install  ## measure TorchServe's per-pod memory and CPU at every kind of input (sizes k8s/base/deployment.yaml)
 	$(BIN)/python -m bench.footprint
+
+loadtest: install  ## load test at the limits (~4 min): 16 MiB bodies, 20 MP JPEGs, huge decodes mixed with normal traffic
+	$(BIN)/python -m bench.loadtest

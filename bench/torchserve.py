@@ -93,6 +93,9 @@ def write_config(model_store: Path, workdir: Path, base: Path = ROOT / "config.p
         text, count = re.subn(rf"^{key}=.*$", f"{key}={free_port()}", text, flags=re.M)
         assert count == 1, f"{key} missing from {base}"
     text = re.sub(r"^model_store=.*$", f"model_store={model_store}", text, flags=re.M)
+    # allowed_urls names the image's store exactly (/app/model_store): here, this server's store.
+    store_url = re.escape(f"file://{model_store.resolve()}/").replace("\\", "\\\\")
+    text = re.sub(r"^(allowed_urls=)file:///app/model_store/", rf"\g<1>{store_url}", text, flags=re.M)
     # Relative to the repository root, where `make serve` starts TorchServe; the test server runs elsewhere.
     text = re.sub(r"^metrics_config=(.*)$", lambda match: f"metrics_config={ROOT / match[1]}", text, flags=re.M)
     # Worker sockets are named /tmp/.ts.sock.<9000+n> after java.io.tmpdir: give each server its own.

@@ -14,6 +14,7 @@ import yaml
 
 from bench import capacity
 from bench.torchserve import ROOT
+from detector.decoding import MAX_DECODE_BYTES
 from tests.test_container import final_stage, image_files
 
 K8S = ROOT / "k8s"
@@ -97,6 +98,7 @@ def test_kustomize_output_validates_strictly(name, version):
         "Service",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
+        "NetworkPolicy",
     }
     for obj in objects:
         kubernetes_validate.validate(obj, version, strict=True)
@@ -179,8 +181,12 @@ def test_resources_give_guaranteed_qos_and_one_core_per_worker_thread(variant):
     assert MODEL_CONFIG["minWorkers"] == MODEL_CONFIG["maxWorkers"]
     # One core per torch thread, plus one for TorchServe's Java frontend (measured at ~30% of the CPU time).
     assert capacity.cpu_cores(limits["cpu"]) == worker_threads + 1
-    heap = re.search(r"-Xmx(\d+)m", (ROOT / "config.properties").read_text()).group(1)
-    assert memory_bytes(limits["memory"]) >= 4 * int(heap) * MIB
+    # By construction: java's heap and direct-memory caps, plus one decode at the byte budget in each worker.
+    vmargs = re.search(r"^vmargs=(.*)$", (ROOT / "config.properties").read_text(), flags=re.M).group(1)
+    heap, direct = (
+        int(re.search(rf"{flag}(\d+)m", vmargs).group(1)) * MIB for flag in ("-Xmx", "MaxDirectMemorySize=")
+    )
+    assert memory_bytes(limits["memory"]) >= heap + direct + MODEL_CONFIG["maxWorkers"] * MAX_DECODE_BYTES
     if name == "gpu":
         assert limits["nvidia.com/gpu"] == 1
 
@@ -252,6 +258,25 @@ def test_pdb_covers_the_pods_and_always_allows_a_drain(variant):
     labels = objects["Deployment"]["spec"]["template"]["metadata"]["labels"]
     assert pdb["selector"]["matchLabels"].items() <= labels.items()
     assert pdb["maxUnavailable"] == 1  # with minReplicas >= 2, one pod can always be evicted
+
+
+def test_network_policy_admits_only_the_ingress_to_inference_and_prometheus_to_metrics(variant):
+    _, objects = variant
+    policy = objects["NetworkPolicy"]["spec"]
+    labels = objects["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["policyTypes"] == ["Ingress"]  # selected pods: everything not admitted below is dropped
+    ports = {p["name"]: p["containerPort"] for p in serving_container(objects)["ports"]}
+    admitted = {}
+    for rule in policy["ingress"]:
+        (source,) = rule["from"]
+        assert set(source) == {"namespaceSelector"}, "whole namespaces only, never an IP block or every pod"
+        (namespace,) = source["namespaceSelector"]["matchLabels"].items()
+        assert namespace[0] == "kubernetes.io/metadata.name"
+        (port,) = rule["ports"]
+        assert port["protocol"] == "TCP"
+        admitted[ports[port["port"]]] = namespace[1]
+    assert admitted == {8080: "ingress-nginx", 8082: "monitoring"}
 
 
 def test_gpu_overlay_asks_for_a_gpu_and_runs_the_cuda_image():
