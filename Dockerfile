@@ -1,9 +1,11 @@
 # Corruption detector: TorchServe 0.12 with the default model (model_store/corruption.mar) baked in.
 #
-#   CPU image (default):  docker build -t corruption-detector:1.0 .
-#   CUDA image:           docker build --build-arg TORCH_INDEX=https://pypi.org/simple -t corruption-detector:1.0-cuda .
-#                         (PyPI's x86_64 torch is the CUDA 13 build; it brings its own CUDA libraries, the node only
-#                         needs the NVIDIA driver and container toolkit)
+#   CPU image:   docker build --build-arg TORCH_INDEX="$CPU_WHEELS" -t corruption-detector:1.0 .
+#                (CPU_WHEELS: the URL of PyTorch's CPU wheel index, or of your mirror of it)
+#   CUDA image:  docker build -t corruption-detector:1.0-cuda .
+#                (torch from the same index as everything else; the main index's x86_64 torch is the CUDA 13 build,
+#                which brings its own CUDA libraries: the node only needs the NVIDIA driver and container toolkit)
+#   A mirror of the package index: --build-arg PIP_ARGS="--index-url <mirror URL>" (the repository names no index host).
 #   Offline, from a wheelhouse made with `pip download -r requirements.txt -d wheelhouse` (scripts/container-smoke.sh):
 #     podman build -v "$PWD/wheelhouse:/wheelhouse:ro" --build-arg PIP_ARGS="--no-index --find-links /wheelhouse" .
 #   Behind a TLS-intercepting proxy: mount its CA bundle the same way and pass PIP_ARGS="--cert /ca.pem".
@@ -17,8 +19,9 @@ ARG BASE_IMAGE=debian:bookworm-slim
 
 FROM ${BASE_IMAGE} AS builder
 ARG PYTHON_VERSION=3.11.2-6+deb12u9
-# Where torch and torchvision come from: the CPU wheels by default (PyPI's are the ~5 GB CUDA build).
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# Where torch and torchvision come from: an index URL (the CPU wheels' index for the CPU image), or empty for the same
+# index as every other package (pip's defaults and PIP_ARGS), whose x86_64 torch is the ~5 GB CUDA build.
+ARG TORCH_INDEX=""
 # Extra pip arguments, e.g. "--no-index --find-links /wheelhouse" or "--cert /ca.pem".
 ARG PIP_ARGS=""
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -28,11 +31,13 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 COPY requirements.txt /build/
 # torch and torchvision alone from TORCH_INDEX (at requirements.txt's pins), then everything else, their
-# dependencies included, from PyPI at requirements.txt's pins; pip check proves the result consistent.
+# dependencies included, from the package index at requirements.txt's pins; pip check proves the result consistent.
 RUN read -ra pip_args <<< "${PIP_ARGS}" \
+    && torch_index=() \
+    && if [ -n "${TORCH_INDEX}" ]; then torch_index=(--index-url "${TORCH_INDEX}"); fi \
     && python3.11 -m venv /opt/venv \
     && grep -E '^(torch|torchvision)==' /build/requirements.txt > /build/torch-requirements.txt \
-    && /opt/venv/bin/pip install --no-cache-dir "${pip_args[@]}" --no-deps --index-url "${TORCH_INDEX}" \
+    && /opt/venv/bin/pip install --no-cache-dir "${pip_args[@]}" "${torch_index[@]}" --no-deps \
         -r /build/torch-requirements.txt \
     && /opt/venv/bin/pip install --no-cache-dir "${pip_args[@]}" -r /build/requirements.txt \
     && /opt/venv/bin/pip check

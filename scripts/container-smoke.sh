@@ -2,7 +2,8 @@
 # Container smoke test: build the Dockerfile with podman against a locally made Debian base, run the image as the
 # Kubernetes Deployment does (non-root, read-only root filesystem, no capabilities, the Deployment's CPU and memory
 # limits) and check that it
-#   1. becomes healthy through its own HEALTHCHECK, answers /ping and real predictions, and stays within the limits;
+#   1. becomes healthy through its own HEALTHCHECK, answers /ping and real predictions, and stays within the limits,
+#      also under a short load test at the limits (bench/loadtest.py: 16 MiB bodies, 20 MP JPEGs, huge decodes);
 #   2. runs tini as PID 1 with java as its direct child, as a non-root user, on a read-only root filesystem;
 #   3. stops promptly on SIGTERM (podman stop), as a pod must within terminationGracePeriodSeconds;
 #   4. serves a model store mounted from a volume instead of the baked-in one;
@@ -10,18 +11,23 @@
 #
 #   make container-smoke      (or: bash scripts/container-smoke.sh)
 #
-# Needs root, `apt-get install podman buildah debootstrap runc slirp4netns uidmap`, the project's .venv (`make
-# install`) and about 25 GB of free disk. No container registry is contacted: the base image comes from debootstrap,
-# the Python wheels from a wheelhouse that the host's pip fills and the build mounts (PIP_ARGS=--no-index).
-# Built images and the base are kept, so a second run rebuilds only what changed. Settings: the variables below.
+# Needs root, the project's .venv (`make install`) and about 25 GB of free disk; podman, buildah, debootstrap, runc,
+# slirp4netns and uidmap are apt-installed when missing. No container registry is contacted: the base image comes from
+# debootstrap, the Python wheels from a wheelhouse that the host's pip fills (from the index pip is configured with)
+# and the build mounts (PIP_ARGS=--no-index). The Debian mirror is DEBIAN_MIRROR / DEBIAN_SECURITY_MIRROR, or else the
+# one the host's apt uses: the repository names no package host. Built images and the base are kept, so a second run
+# rebuilds only what changed. Settings: the variables below.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=${SMOKE_DIR:-/var/tmp/corruption-smoke}
 BASE=${SMOKE_BASE:-localhost/debian:bookworm-minbase}
 IMAGE=${SMOKE_IMAGE:-localhost/corruption-detector:smoke}
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+SUITE=bookworm
+MIRROR=${DEBIAN_MIRROR:-}
+SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-}
+TOOLS=(podman buildah debootstrap runc slirp4netns newuidmap)  # newuidmap: Debian's uidmap package
+PACKAGES=(podman buildah debootstrap runc slirp4netns uidmap)
 PORT=${SMOKE_PORT:-18080}
 VENV=$ROOT/.venv/bin
 URL=http://127.0.0.1:$PORT
@@ -51,27 +57,70 @@ print(limits["cpu"], int(memory[:-2]) * UNITS[memory[-2:]])
 EOF
 }
 
+# The URI of the host's apt source that serves a suite ("bookworm", "bookworm-security"), from deb822 .sources files or
+# one-line .list files; empty if none does.
+host_apt_uri() {
+    "$VENV/python" - "$1" /etc/apt/sources.list /etc/apt/sources.list.d/* <<'EOF'
+import re, sys
+from pathlib import Path
+suite, files = sys.argv[1], [Path(p) for p in sys.argv[2:] if Path(p).is_file()]
+for path in files:
+    text = path.read_text(errors="replace")
+    if path.suffix == ".sources":
+        for stanza in re.split(r"\n\s*\n", text):
+            fields = dict(re.findall(r"^([\w-]+):\s*(.*)$", stanza, flags=re.M))
+            if suite in fields.get("Suites", "").split() and fields.get("Enabled", "yes") != "no":
+                print(fields["URIs"].split()[0])
+                sys.exit()
+    elif path.suffix == ".list" or path.name == "sources.list":
+        for line in text.splitlines():
+            words = re.sub(r"\[[^]]*\]", "", line).split()
+            if len(words) >= 3 and words[0] == "deb" and words[2] == suite:
+                print(words[1])
+                sys.exit()
+EOF
+}
+
+resolve_mirrors() {
+    MIRROR_SOURCE="the mirror in DEBIAN_MIRROR"
+    [[ -n $MIRROR ]] || MIRROR_SOURCE="the host apt sources' mirror"
+    MIRROR=${MIRROR:-$(host_apt_uri "$SUITE")}
+    SECURITY_MIRROR=${SECURITY_MIRROR:-$(host_apt_uri "$SUITE-security")}
+    [[ -n $MIRROR && -n $SECURITY_MIRROR ]] ||
+        fail "no Debian $SUITE mirror in the host's apt sources: set DEBIAN_MIRROR and DEBIAN_SECURITY_MIRROR"
+}
+
+ensure_tools() {  # apt-installs the container tools that are missing
+    local tool missing=()
+    for tool in "${TOOLS[@]}"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+    ((${#missing[@]} == 0)) && return
+    log "installing ${PACKAGES[*]} (missing: ${missing[*]})"
+    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${PACKAGES[@]}"; } \
+        >"$WORK/apt-get.log" 2>&1 || { tail -20 "$WORK/apt-get.log"; fail "apt-get install ${PACKAGES[*]}"; }
+}
+
 make_base() {
     if "${PODMAN[@]}" image exists "$BASE"; then
         log "base image $BASE already made"
         return
     fi
-    log "debootstrap --variant=minbase bookworm from $MIRROR"
+    log "debootstrap --variant=minbase $SUITE from $MIRROR_SOURCE"
     rm -rf "$WORK/rootfs"
-    debootstrap --variant=minbase bookworm "$WORK/rootfs" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
+    debootstrap --variant=minbase "$SUITE" "$WORK/rootfs" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
         { tail -20 "$WORK/debootstrap.log"; fail "debootstrap"; }
-    # The apt sources of the official debian:bookworm-slim, so that security updates (and the Dockerfile's pins) resolve.
+    # The apt sources of the official debian:bookworm-slim (on this mirror), so that security updates and the
+    # Dockerfile's pins resolve.
     rm -f "$WORK/rootfs/etc/apt/sources.list"
     cat >"$WORK/rootfs/etc/apt/sources.list.d/debian.sources" <<EOF
 Types: deb
 URIs: $MIRROR
-Suites: bookworm bookworm-updates
+Suites: $SUITE $SUITE-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
 URIs: $SECURITY_MIRROR
-Suites: bookworm-security
+Suites: $SUITE-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
@@ -200,6 +249,35 @@ memory_peak() {  # the container's memory cgroup high-water mark: what its limit
     numfmt --to=iec-i --suffix=B <"/sys/fs/cgroup/memory$cgroup/memory.max_usage_in_bytes"
 }
 
+load_test() {  # name: the load test at the limits against the container, which must survive it within its memory limit
+    local name=$1 java_before
+    java_before=$(java_pid "$name")
+    log "load test at the limits (log: $WORK/loadtest.log)"
+    (cd "$ROOT" && "$VENV/python" -m bench.loadtest --url "$URL" --seconds "${SMOKE_LOAD_SECONDS:-30}" \
+        --burst-seconds "${SMOKE_BURST_SECONDS:-10}") >"$WORK/loadtest.log" 2>&1 ||
+        { grep -vi warn "$WORK/loadtest.log" | tail -40; fail "load test"; }
+    grep -E '^\| [^-]|normal requests|answers /ping|passed' "$WORK/loadtest.log" | sed 's/^/    /'
+    [[ $(state "$name" Running) == true && $(java_pid "$name") == "$java_before" ]] ||
+        fail "the container or java restarted during the load test"
+    log "after the load test: same java (PID $java_before), memory peak $(memory_peak "$name") of the $(numfmt \
+        --to=iec-i --suffix=B "$(deployment_limits | cut -d' ' -f2)") limit, OOM kills: $(oom_kills "$name")"
+}
+
+java_pid() {  # java's PID inside the container
+    "${PODMAN[@]}" exec "$1" python3 -c 'import os; print(*[p for p in os.listdir("/proc")
+        if p.isdigit() and open(f"/proc/{p}/comm").read().strip() == "java"])'
+}
+
+oom_kills() {  # the container's memory cgroup's OOM-kill count (0: nothing in it was killed for memory)
+    local cgroup
+    cgroup=$(state "$1" CgroupPath)
+    if [[ -f /sys/fs/cgroup/memory$cgroup/memory.oom_control ]]; then
+        awk '/oom_kill /{print $2}' "/sys/fs/cgroup/memory$cgroup/memory.oom_control"
+    else
+        awk '/oom_kill /{print $2}' "/sys/fs/cgroup$cgroup/memory.events"
+    fi
+}
+
 smoke_baked_model() {
     local name=corruption-smoke-baked began
     start_container "$name"
@@ -208,6 +286,7 @@ smoke_baked_model() {
     predict corruption 200
     check_process_tree "$name"
     log "memory: $("${PODMAN[@]}" stats --no-stream --format '{{.MemUsage}}' "$name") now, $(memory_peak "$name") peak"
+    load_test "$name"
     began=$SECONDS
     "${PODMAN[@]}" stop --time 30 "$name" >/dev/null 2>>"$WORK/run.log"
     log "podman stop (SIGTERM): stopped in $((SECONDS - began)) s, exit code $(state "$name" ExitCode)"
@@ -238,12 +317,12 @@ smoke_mounted_store() {
 
 main() {
     [[ $EUID == 0 ]] || fail "run as root (podman build --isolation chroot and debootstrap need it)"
-    for tool in podman debootstrap curl numfmt; do
-        command -v "$tool" >/dev/null || fail "$tool missing: apt-get install podman buildah debootstrap runc slirp4netns uidmap"
-    done
+    for tool in curl numfmt; do command -v "$tool" >/dev/null || fail "$tool missing"; done
     [[ -x $VENV/python ]] || fail "no .venv: run make install"
     mkdir -p "$WORK"
     log "container smoke test in $WORK"
+    ensure_tools
+    resolve_mirrors
     make_base
     fill_wheelhouse
     build_image
