@@ -47,6 +47,8 @@ CHROMIUM_ARGS = [
 ]
 # The page waits up to 60 s for TorchServe; the assertions wait as long.
 TIMEOUT_MS = 60_000
+# style.css's --clean and --corrupted, as the browser computes them.
+LABEL_COLOURS = {"clean": "rgb(46, 125, 50)", "corrupted": "rgb(198, 40, 40)"}
 
 
 class StaticHandler(SimpleHTTPRequestHandler):
@@ -155,6 +157,8 @@ def assert_shows(page: Page, expected: dict) -> None:
     """The page shows the server's label, confidence, both probabilities as bars, and a loaded overlay at its own
     aspect ratio, captioned as evidence of corruption only for a corrupted verdict."""
     expect(page.locator("#label")).to_have_text(expected["label"], timeout=TIMEOUT_MS)
+    # The page's stylesheet applies (a broken style.css would leave the verdict uncoloured).
+    expect(page.locator("#label")).to_have_css("color", LABEL_COLOURS[expected["label"]])
     expect(page.locator("#confidence")).to_have_text(f"{expected['confidence'] * 100:.1f}%")
     for name, probability in expected["probs"].items():
         shown = f"{probability * 100:.1f}%"
