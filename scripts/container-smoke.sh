@@ -256,7 +256,7 @@ load_test() {  # name: the load test at the limits against the container, which 
     (cd "$ROOT" && "$VENV/python" -m bench.loadtest --url "$URL" --seconds "${SMOKE_LOAD_SECONDS:-30}" \
         --burst-seconds "${SMOKE_BURST_SECONDS:-10}") >"$WORK/loadtest.log" 2>&1 ||
         { grep -vi warn "$WORK/loadtest.log" | tail -40; fail "load test"; }
-    grep -E '^\| [^-]|normal requests|answers /ping|passed' "$WORK/loadtest.log" | sed 's/^/    /'
+    grep -E '^\| [^-i]|s:$|normal requests|answers /ping|passed' "$WORK/loadtest.log" | sed 's/^/    /'
     [[ $(state "$name" Running) == true && $(java_pid "$name") == "$java_before" ]] ||
         fail "the container or java restarted during the load test"
     log "after the load test: same java (PID $java_before), memory peak $(memory_peak "$name") of the $(numfmt \
