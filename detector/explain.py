@@ -1,22 +1,19 @@
-"""Grad-CAM explanations: where in an image the model sees corruption.
+"""Grad-CAM explanations: where in an image the model sees corruption, on the view that decided.
 
-Server-agnostic: the inference core (detector/inference.py) calls it for the
-requests of a batch that asked for an explanation. Captum's LayerGradCam weighs the activations of one
-ResNet stage by the gradient of the "corrupted" logit, so the heatmap shows the
-evidence for "corrupted" whatever the predicted label. Every map is scaled to
-peak at 1, so a clean verdict's map would still show a hot spot: its body says
-the map is not evidence ("evidence": false) and its overlay shows the image plain.
+Server-agnostic: the inference core (detector/inference.py) calls it for the requests of a batch that
+asked for an explanation. When the whole view decided, Captum's LayerGradCam weighs the activations of
+the backbone's `cam_layer` (a stride-16 stage: 10x13 cells for a 160x213 view) by the gradient of the
+whole view's "corrupted" logit, and the map has the image's own aspect ratio. When the native crops
+decided (noise, compression or pixelation too fine for the whole view), each crop stands for its quadrant
+of the image: the map shades each quadrant by its crop's P(corrupted) ("method": "crop-evidence"), which
+says where the damage was seen; a Grad-CAM of a 64-pixel crop would be a few pixels of the overview.
 
-The stage is layer2, 8x8 cells for a 32x32 input: it finds a one-quadrant
-occlusion about as often as the coarser stages (98/100 against 100 for
-layer3's 4x4 cells with the shipped weights; `python -m evaluation.explain_report`,
-observability/README.md) and draws finer maps; layer4's 2x2 cells are whole
-quadrants, too coarse to show where.
+Every map is scaled to peak at 1, so a clean verdict's map would still show a hot spot: its body says the
+map is not evidence ("evidence": false) and its overlay shows the image plain.
 """
 
 import base64
 import io
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -24,17 +21,19 @@ import torch.nn.functional as nnf
 from captum.attr import LayerAttribution, LayerGradCam
 from PIL import Image, ImageDraw, ImageFont
 
-from detector.model import LABELS, CorruptionNet
-from detector.preprocessing import INPUT_SIZE, normalise
+from detector.model import CorruptionNet
+from detector.preprocessing import Views, normalise
 
 TARGET = "corrupted"
-LAYER = "layer2"
 # The overlay shows the explained view with its longer side at this many pixels, at the view's own aspect
 # ratio (nearest-neighbour when enlarging: pixels as the model sees them).
 OVERLAY_SIZE = 256
 # Heat is blended in proportion to its strength: cold regions show the image as it is.
 MAX_ALPHA = 0.6
 HEATMAP_DECIMALS = 3
+# The heatmap a body carries has at most this many cells on its longer side, at the view's aspect ratio:
+# finer than the Grad-CAM layer's own cells, and a few kilobytes of JSON.
+HEATMAP_CELLS = 32
 # matplotlib's "jet" colour map as (position, value) knots per channel, so the serving core needs no matplotlib.
 JET = {
     "red": ((0.0, 0.35, 0.66, 0.89, 1.0), (0.0, 0.0, 1.0, 1.0, 0.5)),
@@ -110,14 +109,14 @@ def overlay_png(image: torch.Tensor, heatmap: torch.Tensor, evidence: bool = Tru
     return buffer.getvalue()
 
 
-def explanation_body(prediction: dict, image: torch.Tensor, heatmap: torch.Tensor, layer: str = LAYER) -> dict:
+def explanation_body(prediction: dict, image: torch.Tensor, heatmap: torch.Tensor, method: str, layer: str) -> dict:
     """The prediction body plus "explanation": the heatmap as rows of floats, whether it is evidence of
     corruption (only for a corrupted verdict), a note saying how to read it, and a base64 PNG overlay."""
     evidence = prediction["label"] == TARGET
     return {
         **prediction,
         "explanation": {
-            "method": "grad-cam",
+            "method": method,
             "target": TARGET,
             "layer": layer,
             "heatmap": heatmap.double().round(decimals=HEATMAP_DECIMALS).tolist(),
@@ -129,18 +128,51 @@ def explanation_body(prediction: dict, image: torch.Tensor, heatmap: torch.Tenso
 
 
 class GradCamExplainer:
-    """Grad-CAM of the "corrupted" logit over one stage of a model."""
+    """Where the view that decided sees corruption: Grad-CAM of the whole view, or the crops' evidence."""
 
-    def __init__(self, model: CorruptionNet, device: torch.device, layer: str = LAYER) -> None:
+    def __init__(self, model: CorruptionNet, device: torch.device) -> None:
+        self.model = model
         self.device = device
-        self.layer = layer
-        self.gradcam = LayerGradCam(model, model.trunk.get_submodule(layer))
+        self.layer = model.trunk.cam_layer
+        self.gradcam = LayerGradCam(model, model.trunk.get_submodule(self.layer))
 
-    def heatmaps(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
-        """(N, 32, 32) maps in [0, 1] for uint8 CHW images at input size, each scaled so its peak is 1."""
-        batch = normalise(torch.stack(list(images))).to(self.device)
+    def explain(self, views: Views, crops_decided: bool) -> tuple[str, torch.Tensor]:
+        """(method, map in [0, 1] peaking at 1, at the whole view's aspect ratio) for the view that decided."""
+        if crops_decided and len(views.crops):
+            method, heatmap = "crop-evidence", self.crop_evidence(views)
+        else:
+            method, heatmap = "grad-cam", self.whole_heatmap(views.whole)
+        return method, peak_one(coarsen(heatmap))
+
+    def whole_heatmap(self, whole: torch.Tensor) -> torch.Tensor:
+        """Grad-CAM of the whole view's "corrupted" logit, at the view's size."""
+        batch = normalise(whole[None]).to(self.device)
         with torch.enable_grad():  # servers often run handlers under no_grad; Grad-CAM needs gradients
-            cam = self.gradcam.attribute(batch, target=LABELS.index(TARGET), relu_attributions=True)
-        cam = LayerAttribution.interpolate(cam.detach(), (INPUT_SIZE, INPUT_SIZE), "bilinear").squeeze(1).cpu()
-        peak = cam.flatten(1).amax(dim=1).clamp_min(torch.finfo(cam.dtype).tiny)
-        return cam / peak.view(-1, 1, 1)
+            cam = self.gradcam.attribute(batch, relu_attributions=True).detach().cpu()
+        return peak_one(LayerAttribution.interpolate(cam, tuple(whole.shape[-2:]), "bilinear")[0, 0])
+
+    @torch.inference_mode()
+    def crop_evidence(self, views: Views) -> torch.Tensor:
+        """Each quadrant of the whole view shaded by its native crop's calibrated P(corrupted)."""
+        margins = self.model.crop(normalise(views.crops).to(self.device))[0] / self.model.crop_temperature
+        height, width = views.whole.shape[-2:]
+        heatmap = torch.zeros(height, width)
+        for (left, top, right, bottom), probability in zip(views.boxes, torch.sigmoid(margins).cpu(), strict=True):
+            row, column = int(top + bottom >= views.size[1]), int(left + right >= views.size[0])
+            heatmap[row * height // 2 : (row + 1) * height // 2, column * width // 2 : (column + 1) * width // 2] = (
+                probability
+            )
+        return peak_one(heatmap)
+
+
+def coarsen(heatmap: torch.Tensor) -> torch.Tensor:
+    """The map averaged down to at most HEATMAP_CELLS on its longer side, aspect ratio kept."""
+    height, width = heatmap.shape
+    scale = min(1.0, HEATMAP_CELLS / max(height, width))
+    cells = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return torch.nn.functional.adaptive_avg_pool2d(heatmap[None, None], cells)[0, 0]
+
+
+def peak_one(heatmap: torch.Tensor) -> torch.Tensor:
+    """The map scaled to peak at 1 (an all-zero map stays zero)."""
+    return heatmap / heatmap.max().clamp_min(torch.finfo(heatmap.dtype).tiny)

@@ -1,41 +1,62 @@
-"""The classifier, its decision rule, and checkpoints that carry (and check) their contract.
+"""The classifier, how its views combine, its decision rule, and checkpoints that carry (and check) their contract.
 
-The network is torchvision's ResNet18 with a stem chosen for 32x32 inputs.
-ImageNet's stem (7x7 stride-2 conv + max-pool) shrinks a 32x32 image to 8x8
-before the first residual block, throwing away exactly the pixel-level detail
-(noise grain, JPEG blocks, lost sharpness) this detector has to see. The
-CIFAR-style stem (3x3 stride 1, no max-pool) keeps it but costs about six
-times more compute on a CPU (measured: 38 vs 226 training images/s on 2 cores).
-We use a 3x3 stride-2 conv without max-pool: every input pixel still enters
-the first convolution through overlapping 3x3 windows, layer1 runs at 16x16,
-and serving stays cheap.
+One backbone (detector/backbones.py) reads both kinds of view (detector/preprocessing.py); each kind has
+its own head, because each judges different damage:
+
+- the whole-view head judges every family (`TYPES`);
+- the crop head judges only what native pixels show and a downscale hides: noise, compression and
+  pixelation (`CROP_TYPES`). A native crop of a sharp photo's sky looks like blur; crops never vote on it.
+
+How views combine, stated per family and calibrated on held-out photos (training/calibrate.py):
+each head's margin (log-odds of "corrupted") is divided by its own temperature; the crops' evidence is
+their median, so one odd crop (a patch of grainy shadow, a flat sky) cannot decide; the image is as
+corrupted as the stronger of the two, shifted by one operating offset chosen for the target clean
+false-positive rate. Because the offset is fitted on the combined evidence, adding the crop view does not
+add its false alarms on top of the whole view's.
 """
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torchvision
 from torch import nn
 
-from detector.corruptions import TYPES
-from detector.preprocessing import INPUT_SIZE, MEAN, STD
+from detector.backbones import build_backbone
+from detector.corruptions import CLEAN, TYPES
+from detector.preprocessing import (
+    CROP_GRID,
+    CROP_SIZE,
+    CROPS,
+    CROPS_FROM_DOWNSCALE,
+    GLOBAL_SIDE,
+    MAX_ASPECT,
+    MEAN,
+    MIN_SIDE,
+    STD,
+    Views,
+    normalise,
+)
 
 LABELS = ("clean", "corrupted")
-ARCHITECTURE = "resnet18-stem3x3s2-typehead"
-FEATURES = 512  # ResNet18's pooled feature width
+ARCHITECTURE = "whole-view-and-native-crops/v1"
+# What the crop head judges: damage a downscale averages away.
+FINE_TYPES = ("noise", "compression", "pixelation")
+CROP_TYPES = (CLEAN, *FINE_TYPES)
 # An image is called corrupted when its calibrated P(corrupted) is above this: the API's label and every metric.
 THRESHOLD = 0.5
 # Buffers that hold the calibration: saved in fp32 whatever the weights' precision.
-CALIBRATION_BUFFERS = ("temperature", "corrupted_logit_offset")
+CALIBRATION_BUFFERS = ("whole_temperature", "crop_temperature", "corrupted_logit_offset")
+DROPOUT = 0.2
 
 
 class Outputs(NamedTuple):
-    """What the model says about a batch: the raw evidence and the shipped probabilities."""
+    """What the model says about a batch of images."""
 
-    margin: torch.Tensor  # uncalibrated corrupted-minus-clean logit, (N,)
+    margin: torch.Tensor  # combined evidence (log-odds) before the operating offset, (N,)
     probabilities: torch.Tensor  # calibrated (clean, corrupted) probabilities, (N, 2)
-    types: torch.Tensor  # corruption-type probabilities, one column per TYPES, (N, len(TYPES))
+    types: torch.Tensor  # corruption-type probabilities of the deciding view, one column per TYPES, (N, len(TYPES))
+    decided_by_crops: torch.Tensor  # whether the crops' evidence decided, (N,) bool
 
 
 def is_corrupted(corrupted_probability: torch.Tensor) -> torch.Tensor:
@@ -44,60 +65,104 @@ def is_corrupted(corrupted_probability: torch.Tensor) -> torch.Tensor:
 
 
 class CorruptionNet(nn.Module):
-    """A shared ResNet18 trunk with two heads: clean vs corrupted, and the corruption type (`TYPES`).
+    """A backbone with a whole-view head and a crop head, each giving a margin and type logits."""
 
-    `forward` returns the calibrated binary logits, so every caller (the API, Grad-CAM,
-    benchmarks) gets the shipped probabilities; `heads` gives the raw logits of both
-    heads for training. Calibration lives in two buffers saved with the weights: a
-    temperature and a logit offset for "corrupted" (see training/calibrate.py).
-    """
-
-    def __init__(self) -> None:
+    def __init__(self, backbone: str) -> None:
         super().__init__()
-        self.trunk = torchvision.models.resnet18(weights=None)
-        self.trunk.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1, bias=False)
-        self.trunk.maxpool = nn.Identity()
-        self.trunk.fc = nn.Identity()
-        self.binary_head = nn.Linear(FEATURES, len(LABELS))
-        self.type_head = nn.Linear(FEATURES, len(TYPES))
-        self.register_buffer("temperature", torch.ones(()))
-        self.register_buffer("corrupted_logit_offset", torch.zeros(()))
+        self.backbone = backbone
+        self.trunk = build_backbone(backbone)
+        self.dropout = nn.Dropout(DROPOUT)
+        self.whole_head = nn.Linear(self.trunk.num_features, 1 + len(TYPES))
+        self.crop_head = nn.Linear(self.trunk.num_features, 1 + len(CROP_TYPES))
+        for name in CALIBRATION_BUFFERS:
+            self.register_buffer(name, torch.tensor(0.0 if name == "corrupted_logit_offset" else 1.0))
+        self.register_buffer("crop_type_columns", torch.tensor([TYPES.index(name) for name in CROP_TYPES]))
 
-    def heads(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Uncalibrated (binary, type) logits."""
-        features = self.trunk(images)
-        return self.binary_head(features), self.type_head(features)
+    def whole(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uncalibrated (margin, type logits) of normalised whole views of one size."""
+        out = self.whole_head(self.dropout(self.trunk(images)))
+        return out[:, 0], out[:, 1:]
 
-    def calibrate(self, binary_logits: torch.Tensor) -> torch.Tensor:
-        """Temperature-scale binary logits and shift the "corrupted" one by the operating offset."""
-        offset = torch.stack([torch.zeros_like(self.corrupted_logit_offset), self.corrupted_logit_offset])
-        return binary_logits / self.temperature + offset
+    def crop(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uncalibrated (margin, crop-type logits) of normalised native crops."""
+        out = self.crop_head(self.dropout(self.trunk(images)))
+        return out[:, 0], out[:, 1:]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.calibrate(self.heads(images)[0])
+        """Calibrated P(corrupted) logit of whole views alone: what Grad-CAM and exported graphs follow."""
+        return self.whole(images)[0] / self.whole_temperature + self.corrupted_logit_offset
 
     def outputs(self, images: torch.Tensor) -> Outputs:
-        """Raw margin, calibrated binary probabilities and type probabilities, in one pass."""
-        binary, types = self.heads(images)
-        return Outputs(
-            margin=(binary[:, 1] - binary[:, 0]).float(),
-            probabilities=self.calibrate(binary).float().softmax(dim=1),
-            types=types.float().softmax(dim=1),
-        )
+        """Outputs for a batch of normalised whole views of one size (images too small for crops)."""
+        margin, type_logits = self.whole(images)
+        return self.decide(margin / self.whole_temperature, type_logits.float().softmax(dim=1))
+
+    def decide(self, margin: torch.Tensor, types: torch.Tensor, crops_decided: torch.Tensor | None = None) -> Outputs:
+        """Outputs from calibrated evidence: the operating offset applied, probabilities as the API reports them."""
+        corrupted = torch.sigmoid(margin.float() + self.corrupted_logit_offset)
+        crops_decided = torch.zeros_like(corrupted, dtype=torch.bool) if crops_decided is None else crops_decided
+        return Outputs(margin.float(), torch.stack([1 - corrupted, corrupted], dim=1), types, crops_decided)
+
+    def crop_evidence(self, crops: torch.Tensor, counts: Sequence[int]) -> tuple[list, list]:
+        """Per image: its crops' calibrated margins and their mean type probabilities over TYPES."""
+        if not crops.numel():
+            return [torch.empty(0)] * len(counts), [torch.zeros(len(TYPES))] * len(counts)
+        margins, logits = self.crop(normalise(crops))
+        spread = torch.zeros(len(margins), len(TYPES), device=margins.device)
+        spread[:, self.crop_type_columns] = logits.float().softmax(dim=1)
+        types = [part.mean(dim=0) if len(part) else torch.zeros(len(TYPES)) for part in spread.split(counts)]
+        return list((margins.float() / self.crop_temperature).split(counts)), types
+
+    def score_views(self, views: Sequence[Views]) -> Outputs:
+        """Outputs for whole images: every view of every image, combined as the module docstring states."""
+        device = self.whole_temperature.device
+        margins, types = [], []
+        for image in views:  # whole views differ in size from image to image
+            margin, logits = self.whole(normalise(image.whole[None]).to(device))
+            margins.append(margin[0].float() / self.whole_temperature)
+            types.append(logits[0].float().softmax(dim=0))
+        crops = torch.cat([image.crops for image in views]).to(device)
+        crop_margins, crop_types = self.crop_evidence(crops, [len(image.crops) for image in views])
+        combined, crops_decided = combine_margins(torch.stack(margins), crop_margins)
+        chosen = torch.where(crops_decided[:, None], torch.stack(crop_types).to(device), torch.stack(types))
+        return self.decide(combined, chosen, crops_decided)
 
 
-def build_model() -> CorruptionNet:
-    """A freshly initialised detector (ResNet18 trunk with the 32x32 stem described above)."""
-    return CorruptionNet()
+def combine_margins(whole: torch.Tensor, crops: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's evidence: its whole view's calibrated margin, or its crops' median when that is stronger.
+
+    The median, not the maximum: one odd crop (grainy shadow, a flat sky) must not decide, and taking the
+    most alarmed of several views multiplies false alarms. Images without crops are their whole view.
+    Returns (combined margins, whether the crops decided).
+    """
+    medians = torch.stack([m.quantile(0.5) if len(m) else torch.tensor(float("-inf")) for m in crops]).to(whole)
+    decided = medians > whole
+    return torch.where(decided, medians, whole), decided
+
+
+def build_model(backbone: str) -> CorruptionNet:
+    """A freshly initialised detector on the named backbone (detector.backbones.BACKBONES)."""
+    return CorruptionNet(backbone)
 
 
 def contract() -> dict[str, Any]:
-    """What a checkpoint must agree with the code on: the network, what its outputs mean, what it expects in."""
+    """What a checkpoint must agree with the code on: the design, what its outputs mean, what it expects in."""
     return {
         "architecture": ARCHITECTURE,
         "labels": list(LABELS),
         "types": list(TYPES),
-        "input": {"size": INPUT_SIZE, "mean": list(MEAN), "std": list(STD)},
+        "crop_types": list(CROP_TYPES),
+        "input": {
+            "global_side": GLOBAL_SIDE,
+            "min_side": MIN_SIDE,
+            "max_aspect": MAX_ASPECT,
+            "crop_size": CROP_SIZE,
+            "crops": CROPS,
+            "crops_from_downscale": CROPS_FROM_DOWNSCALE,
+            "crop_grid": CROP_GRID,
+            "mean": list(MEAN),
+            "std": list(STD),
+        },
     }
 
 
@@ -105,7 +170,7 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint written for other labels, types, input or architecture than this code's."""
 
 
-def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
+def save_checkpoint(model: CorruptionNet, path: Path, metadata: dict[str, Any]) -> None:
     """Save fp16 weights (half the size; fp16 rounding does not move the metrics), fp32 calibration, the contract."""
     state = {
         name: tensor.detach().to("cpu", torch.float16 if name not in CALIBRATION_BUFFERS else torch.float32)
@@ -114,14 +179,14 @@ def save_checkpoint(model: nn.Module, path: Path, metadata: dict[str, Any]) -> N
         for name, tensor in model.state_dict().items()
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({**contract(), "state_dict": state, "metadata": metadata}, path)
+    torch.save({**contract(), "backbone": model.backbone, "state_dict": state, "metadata": metadata}, path)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint dictionary, refusing one whose contract differs from the code's.
 
-    Reordering the corruption table, renaming a label or changing the input size would
-    otherwise silently relabel an older model's outputs.
+    Reordering the corruption table, renaming a label or changing the views would otherwise
+    silently relabel an older model's outputs or feed it inputs it never saw.
     """
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     differences = [
@@ -137,7 +202,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 def load_model(path: Path, device: torch.device | str = "cpu") -> CorruptionNet:
     """Load a checkpoint written by `save_checkpoint` as an fp32 model in eval mode."""
     checkpoint = read_checkpoint(path)
-    model = build_model()
+    model = build_model(checkpoint["backbone"])
     model.load_state_dict(
         {
             name: tensor.float() if tensor.is_floating_point() else tensor

@@ -1,84 +1,108 @@
 """Decoded image -> the model's views -> normalised input: written once, used by training, evaluation and serving.
 
-Every image is seen whole, resized to the model's 32x32 input exactly as in training.
-Resizing a large photo to 32x32 averages pixel-level damage (sensor noise, JPEG blocks)
-away, so images with a shorter side of at least TILED_MIN_SIDE are also seen as tiles:
-a grid of 32x32 crops at native resolution and at 1/2 scale (`image_to_views`).
+A photo's damage lives at two scales, so the model sees every image twice over:
 
-This module is packed into the model archive, so the server runs the very code
-the model was trained with. It depends on Pillow, numpy and torchvision only.
+- the whole view: the whole image, aspect ratio kept, shorter side GLOBAL_SIDE (smaller images are
+  seen at their own size, at least MIN_SIDE). Blur, motion, exposure, contrast, colour, occlusion and,
+  on small images, everything else show here: a blur of 0.6% of the shorter side is about one pixel of
+  this view, however large the photo;
+- native crops: CROPS squares of CROP_SIZE pixels at the photo's own resolution, one in each quadrant,
+  on the JPEG block grid. Sensor noise, JPEG blocks and pixelation of a large photo are averaged away
+  by any downscale; these crops see them. Only images whose shorter side exceeds
+  GLOBAL_SIDE * CROPS_FROM_DOWNSCALE get crops: below that the whole view is close to native.
+
+Panoramas beyond MAX_ASPECT are seen through their central MAX_ASPECT:1 part. This module is packed
+into the model archive, so the server runs the very code the model was trained with.
 """
+
+from dataclasses import dataclass
 
 import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
 
-from detector.decoding import load_rgb, open_image
+from detector.backbones import LITE_MEAN, LITE_STD
+from detector.decoding import decode_image
 
-INPUT_SIZE = 32
-# CIFAR-10 channel statistics; the model was trained with them.
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2470, 0.2435, 0.2616)
-# Large images: also tiles at these downscale factors, TILES_PER_SIDE x TILES_PER_SIDE per factor that fits.
-# (1/4 scale was tried and dropped: its tiles of a clean night photo voted 0.59 for noise or compression.)
-TILED_MIN_SIDE = 4 * INPUT_SIZE
-TILE_SCALES = (1, 2)
-TILES_PER_SIDE = 3
-JPEG_BLOCK = 8
+GLOBAL_SIDE = 160
+MIN_SIDE = 32
+MAX_ASPECT = 2.5
+CROP_SIZE = 64
+CROPS = 4
+CROPS_FROM_DOWNSCALE = 1.5
+# Crops start on this grid: JPEG's 16-pixel chroma blocks sit where they sat in training.
+CROP_GRID = 16
+# The input statistics the network is trained with (those of the pretrained EfficientNet-Lite weights).
+MEAN = LITE_MEAN
+STD = LITE_STD
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom in the image's own pixels
 
 
-def resize_to_input(image: Image.Image) -> torch.Tensor:
-    """RGB image -> uint8 CHW tensor at the model's input size (no-op resize for 32x32)."""
-    tensor = F.pil_to_tensor(image)
-    if tuple(tensor.shape[-2:]) == (INPUT_SIZE, INPUT_SIZE):
-        return tensor
-    return F.resize(tensor, [INPUT_SIZE, INPUT_SIZE], antialias=True)
+@dataclass(frozen=True)
+class Views:
+    """What the model sees of one image: the whole view and the native crops (none for small images)."""
+
+    whole: torch.Tensor  # (3, h, w) uint8
+    crops: torch.Tensor  # (k, 3, CROP_SIZE, CROP_SIZE) uint8, k in {0, CROPS}
+    boxes: tuple[Box, ...]  # where each crop lies in the image
+    size: tuple[int, int]  # the image's (width, height)
+
+
+def central_box(width: int, height: int) -> Box:
+    """The part of the image the whole view shows: all of it, or the central MAX_ASPECT:1 part of a panorama."""
+    short = min(width, height)
+    keep_w, keep_h = min(width, round(short * MAX_ASPECT)), min(height, round(short * MAX_ASPECT))
+    left, top = (width - keep_w) // 2, (height - keep_h) // 2
+    return left, top, left + keep_w, top + keep_h
+
+
+def whole_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) of the whole view of a `central_box` of this size: shorter side GLOBAL_SIDE or native."""
+    short = min(width, height)
+    scale = GLOBAL_SIDE / short if short > GLOBAL_SIDE else max(1.0, MIN_SIDE / short)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def whole_view(image: Image.Image) -> torch.Tensor:
+    """The whole view of an RGB image (see the module docstring), as uint8 CHW."""
+    box = central_box(*image.size)
+    part = image.crop(box) if box != (0, 0, *image.size) else image
+    size = whole_size(*part.size)
+    if size != part.size:
+        # reducing_gap: Pillow first shrinks by an integer factor with a box filter (fast), then resamples.
+        part = part.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return F.pil_to_tensor(part)
+
+
+def has_crops(width: int, height: int) -> bool:
+    return min(width, height) > GLOBAL_SIDE * CROPS_FROM_DOWNSCALE
+
+
+def crop_boxes(width: int, height: int) -> tuple[Box, ...]:
+    """One CROP_SIZE square centred in each quadrant, its corner snapped to the CROP_GRID."""
+    boxes = []
+    for row in (1, 3):
+        for column in (1, 3):
+            left = max(0, min(width - CROP_SIZE, column * width // 4 - CROP_SIZE // 2)) // CROP_GRID * CROP_GRID
+            top = max(0, min(height - CROP_SIZE, row * height // 4 - CROP_SIZE // 2)) // CROP_GRID * CROP_GRID
+            boxes.append((left, top, left + CROP_SIZE, top + CROP_SIZE))
+    return tuple(boxes)
+
+
+def image_to_views(image: Image.Image) -> Views:
+    """All views of an RGB image at its native resolution."""
+    boxes = crop_boxes(*image.size) if has_crops(*image.size) else ()
+    crops = [F.pil_to_tensor(image.crop(box)) for box in boxes]
+    stacked = torch.stack(crops) if crops else torch.empty(0, 3, CROP_SIZE, CROP_SIZE, dtype=torch.uint8)
+    return Views(whole_view(image), stacked, boxes, image.size)
+
+
+def image_bytes_to_views(data: bytes) -> Views:
+    """The whole serving path for one image: bytes -> upright RGB (detector.decoding) -> its views."""
+    return image_to_views(decode_image(data))
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """uint8 image(s) -> float tensor normalised with the training statistics."""
     return F.normalize(F.to_dtype(images, torch.float32, scale=True), list(MEAN), list(STD))
-
-
-def tile_origins(length: int, tile: int) -> list[int]:
-    """TILES_PER_SIDE evenly spaced starts of `tile`-long spans within [0, length), on the JPEG 8-pixel grid.
-
-    On the grid, a native tile's JPEG blocks sit where they sat in training (images compressed at 32x32).
-    """
-    step = (length - tile) / (TILES_PER_SIDE - 1)
-    return [int(i * step) // JPEG_BLOCK * JPEG_BLOCK for i in range(TILES_PER_SIDE)]
-
-
-def tiles(image: Image.Image) -> list[torch.Tensor]:
-    """32x32 tiles on a grid at each scale of TILE_SCALES whose tiles fit a 2x2 grid without overlap."""
-    views = []
-    for scale in TILE_SCALES:
-        span = INPUT_SIZE * scale  # native pixels under one tile at this scale
-        if min(image.size) < 2 * span:
-            break
-        for top in tile_origins(image.height, span):
-            for left in tile_origins(image.width, span):
-                crop = image.crop((left, top, left + span, top + span))
-                views.append(F.pil_to_tensor(crop.reduce(scale) if scale > 1 else crop))
-    return views
-
-
-def image_to_views(image: Image.Image) -> torch.Tensor:
-    """(V, 3, 32, 32) uint8: view 0 is the whole image resized as in training; large images add `tiles`."""
-    views = [resize_to_input(image)]
-    if min(image.size) >= TILED_MIN_SIDE:
-        views += tiles(image)
-    return torch.stack(views)
-
-
-def image_bytes_to_views(data: bytes, tiles: bool = True) -> torch.Tensor:
-    """The whole serving path for one image: bytes -> its views (`image_to_views`).
-
-    Small images are decoded at reduced DCT scale (only their 32x32 resize is needed);
-    large ones in full, since their tiles look at native pixels. `tiles=False` sees every
-    image whole only: about 10x cheaper for large photos, blind to their pixel-level noise.
-    """
-    image = open_image(data)
-    tiled = tiles and min(image.size) >= TILED_MIN_SIDE
-    rgb = load_rgb(image, reduce_to=None if tiled else INPUT_SIZE)
-    return image_to_views(rgb) if tiled else resize_to_input(rgb).unsqueeze(0)

@@ -375,7 +375,7 @@ class CorruptionHandler:
             weights,
             device,
             corruption_type=bool(settings.get("corruption_type", False)),
-            tiles=bool(settings.get("tiles", True)),
+            crops=bool(settings.get("crops", True)),
         )
 
     def handle(self, data: list[dict], context) -> list[dict]:

@@ -66,9 +66,9 @@ def test_corruption_type_is_added_only_when_enabled(handler, tmp_path, subset):
     assert sum(body["corruption_type"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_tiles_setting_reaches_the_detector(handler, tmp_path):
-    assert handler.detector.tiles, "the shipped config scores large images as tiles too"
-    assert not start_handler(tmp_path, tiles=False).detector.tiles
+def test_crops_setting_reaches_the_detector(handler, tmp_path):
+    assert handler.detector.crops, "the shipped config judges large images on native crops too"
+    assert not start_handler(tmp_path, crops=False).detector.crops
 
 
 def test_request_bytes_reads_every_transport(subset):

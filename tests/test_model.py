@@ -1,31 +1,78 @@
-"""Checkpoints carry their contract (labels, types, input, calibration) and loading checks it."""
+"""The detector's network, how its views combine, and checkpoints that carry (and check) their contract."""
 
 import pytest
 import torch
 
+from detector.backbones import BACKBONES, build_backbone
 from detector.corruptions import TYPES
 from detector.model import (
     CALIBRATION_BUFFERS,
+    CROP_TYPES,
     CheckpointMismatchError,
     build_model,
+    combine_margins,
     contract,
     is_corrupted,
     load_model,
     read_checkpoint,
     save_checkpoint,
 )
+from detector.preprocessing import CROPS, image_to_views
+from tests.test_preprocessing import gradient
 from training.archive import SHIPPED_WEIGHTS
-from training.calibrate import TEMPERATURE_BOUNDS, calibrate_checkpoint
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model("efficientnet-lite0").eval()
 
 
 @pytest.fixture
-def checkpoint(tmp_path):
+def checkpoint(tmp_path, model):
     path = tmp_path / "model.pt"
-    model = build_model()
-    model.temperature.fill_(1.2345678)
+    model.whole_temperature.fill_(1.2345678)
     model.corrupted_logit_offset.fill_(-1.0000123)
-    save_checkpoint(model, path, {"epoch": 1})
+    save_checkpoint(model, path, {"steps": 1})
     return path
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_every_backbone_pools_any_input_size(name):
+    backbone = build_backbone(name).eval()
+    with torch.inference_mode():
+        for shape in ((32, 32), (160, 213), (64, 64)):
+            assert backbone(torch.zeros(2, 3, *shape)).shape == (2, backbone.num_features)
+    assert backbone.get_submodule(backbone.cam_layer) is not None
+
+
+def test_both_heads_answer_for_their_views(model):
+    with torch.inference_mode():
+        margin, types = model.whole(torch.zeros(2, 3, 160, 213))
+        assert margin.shape == (2,) and types.shape == (2, len(TYPES))
+        margin, types = model.crop(torch.zeros(3, 3, 64, 64))
+        assert margin.shape == (3,) and types.shape == (3, len(CROP_TYPES))
+
+
+def test_images_are_scored_from_all_their_views(model):
+    views = [image_to_views(gradient(1024, 768)), image_to_views(gradient(32, 32))]
+    assert len(views[0].crops) == CROPS and len(views[1].crops) == 0
+    with torch.inference_mode():
+        outputs = model.score_views(views)
+    assert outputs.probabilities.shape == (2, 2) and torch.allclose(outputs.probabilities.sum(1), torch.ones(2))
+    assert outputs.types.shape == (2, len(TYPES)) and not bool(outputs.decided_by_crops[1])
+
+
+def test_crops_decide_only_when_their_median_is_stronger():
+    whole = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    crops = [
+        torch.tensor([5.0, -3.0, -3.0, -3.0]),
+        torch.tensor([1.0, 2.0, 3.0, 4.0]),
+        torch.empty(0),
+        torch.tensor([0.5, 0.5, 0.9, 0.9]),
+    ]
+    combined, decided = combine_margins(whole, crops)
+    assert decided.tolist() == [False, True, False, False], "one alarmed crop of four does not decide"
+    assert combined.tolist() == [0.0, 2.5, 0.0, 1.0]
 
 
 def test_the_shipped_checkpoint_fits_this_code():
@@ -35,21 +82,23 @@ def test_the_shipped_checkpoint_fits_this_code():
 
 def test_weights_are_fp16_and_calibration_fp32(checkpoint):
     state = read_checkpoint(checkpoint)["state_dict"]
-    assert state["binary_head.weight"].dtype == torch.float16
+    assert state["whole_head.weight"].dtype == torch.float16
     for name in CALIBRATION_BUFFERS:
         assert state[name].dtype == torch.float32, name
-    model = load_model(checkpoint)
-    assert float(model.temperature) == pytest.approx(1.2345678, rel=1e-7)
-    assert float(model.corrupted_logit_offset) == pytest.approx(-1.0000123, rel=1e-7)
+    loaded = load_model(checkpoint)
+    assert float(loaded.whole_temperature) == pytest.approx(1.2345678, rel=1e-7)
+    assert float(loaded.corrupted_logit_offset) == pytest.approx(-1.0000123, rel=1e-7)
+    assert loaded.backbone == "efficientnet-lite0"
 
 
 @pytest.mark.parametrize(
     "field, value",
     [
         ("types", list(reversed(TYPES))),
+        ("crop_types", list(reversed(CROP_TYPES))),
         ("labels", ["corrupted", "clean"]),
-        ("input", {**contract()["input"], "size": 64}),
-        ("architecture", "resnet50"),
+        ("input", {**contract()["input"], "global_side": 224}),
+        ("architecture", "resnet18-stem3x3s2-typehead"),
     ],
 )
 def test_a_checkpoint_with_another_contract_is_refused_naming_the_difference(checkpoint, field, value):
@@ -61,23 +110,3 @@ def test_a_checkpoint_with_another_contract_is_refused_naming_the_difference(che
 
 def test_the_decision_rule_is_strictly_above_one_half():
     assert is_corrupted(torch.tensor([0.5, 0.5001, 0.4999])).tolist() == [False, True, False]
-
-
-class ConstantOutputs(torch.utils.data.Dataset):
-    """A degenerate validation split: every image the same, half labelled corrupted."""
-
-    def __len__(self) -> int:
-        return 64
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
-        return torch.zeros(3, 32, 32), index % 2, index % 2, 3 * (index % 2)
-
-
-def test_calibrating_a_degenerate_run_stores_a_bounded_fp32_temperature(checkpoint):
-    """A short run whose outputs cannot tell the classes apart once asked for T -> infinity (stored as inf)."""
-    calibration = calibrate_checkpoint(checkpoint, ConstantOutputs(), target_fpr=0.02, device=torch.device("cpu"))
-    model = load_model(checkpoint)
-    assert TEMPERATURE_BOUNDS[0] <= float(model.temperature) <= TEMPERATURE_BOUNDS[1]
-    assert float(model.temperature) == pytest.approx(calibration["temperature"], rel=1e-3)
-    assert torch.isfinite(model.corrupted_logit_offset)
-    assert read_checkpoint(checkpoint)["state_dict"]["temperature"].dtype == torch.float32

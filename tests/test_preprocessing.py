@@ -1,76 +1,96 @@
-"""The shared decode -> RGB -> resize -> normalise path, in-process."""
+"""The model's views of an image: the whole view at its aspect ratio, and native crops on the JPEG grid."""
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
-from bench.inputs import encode, good_images, sample_rgb
-from detector.decoding import decode_image
+from bench.inputs import encode, good_images
 from detector.preprocessing import (
-    INPUT_SIZE,
-    TILE_SCALES,
-    TILED_MIN_SIDE,
-    TILES_PER_SIDE,
+    CROP_GRID,
+    CROP_SIZE,
+    CROPS,
+    CROPS_FROM_DOWNSCALE,
+    GLOBAL_SIDE,
+    MAX_ASPECT,
+    MEAN,
+    MIN_SIDE,
+    STD,
+    crop_boxes,
     image_bytes_to_views,
     image_to_views,
     normalise,
-    resize_to_input,
 )
 
 
-def test_every_good_image_decodes_to_rgb_views(subset):
+def gradient(width: int, height: int) -> Image.Image:
+    """A smooth RGB test image whose every pixel differs: crops and resizes can be checked exactly."""
+    xs = torch.linspace(0, 255, width).round().to(torch.uint8)
+    ys = torch.linspace(0, 255, height).round().to(torch.uint8)
+    pixels = torch.stack(
+        [xs.expand(height, width), ys[:, None].expand(height, width), (xs[None] // 2 + ys[:, None] // 2)]
+    )
+    return Image.fromarray(pixels.permute(1, 2, 0).numpy())
+
+
+def test_every_good_image_decodes_to_views(subset):
     for name, data in good_images(subset).items():
         views = image_bytes_to_views(data)
-        assert views.shape[1:] == (3, INPUT_SIZE, INPUT_SIZE), name
-        assert views.dtype == torch.uint8, name
+        assert views.whole.dtype == torch.uint8 and views.whole.shape[0] == 3, name
+        assert views.crops.shape[1:] == (3, CROP_SIZE, CROP_SIZE), name
 
 
-def test_cifar_sized_png_is_exact_pixels(subset):
-    rgb = sample_rgb(subset)
-    views = image_bytes_to_views(encode(rgb, "PNG"))
-    assert views.shape[0] == 1, "a small image is seen whole only, exactly as in training"
-    assert torch.equal(views[0], torch.from_numpy(np.array(rgb)).permute(2, 0, 1))
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [((640, 480), (213, 160)), ((480, 640), (160, 213)), ((4000, 3000), (213, 160)), ((1920, 1080), (284, 160))],
+)
+def test_whole_view_keeps_the_aspect_ratio_at_the_global_side(size, expected):
+    views = image_to_views(gradient(*size))
+    assert tuple(views.whole.shape[-2:]) == (expected[1], expected[0])
+
+
+def test_small_images_are_seen_at_their_own_size_and_tiny_ones_enlarged(subset):
+    assert tuple(image_to_views(gradient(120, 90)).whole.shape[-2:]) == (90, 120)
+    assert tuple(image_to_views(gradient(32, 32)).whole.shape[-2:]) == (32, 32)
+    assert min(image_to_views(gradient(20, 16)).whole.shape[-2:]) == MIN_SIDE
+
+
+def test_cifar_images_are_their_exact_pixels(subset):
+    image = Image.open(sorted((subset / "test").rglob("*.png"))[0]).convert("RGB")
+    views = image_bytes_to_views(encode(image, "PNG"))
+    assert torch.equal(views.whole, torch.from_numpy(np.array(image)).permute(2, 0, 1))
+    assert len(views.crops) == 0
+
+
+def test_panoramas_are_seen_through_their_central_part():
+    views = image_to_views(gradient(4000, 1000))
+    height, width = views.whole.shape[-2:]
+    assert height == GLOBAL_SIDE and width == round(GLOBAL_SIDE * MAX_ASPECT)
+
+
+def test_crops_only_where_the_whole_view_downscales_enough():
+    threshold = int(GLOBAL_SIDE * CROPS_FROM_DOWNSCALE)
+    assert len(image_to_views(gradient(threshold * 2, threshold)).crops) == 0
+    assert len(image_to_views(gradient(threshold * 2, threshold + 1)).crops) == CROPS
+
+
+def test_crops_are_native_pixels_on_the_jpeg_grid_one_per_quadrant():
+    image = gradient(1024, 768)
+    views = image_to_views(image)
+    for box, crop in zip(views.boxes, views.crops, strict=True):
+        left, top, right, _ = box
+        assert left % CROP_GRID == 0 and top % CROP_GRID == 0 and right - left == CROP_SIZE
+        expected = torch.from_numpy(np.array(image.crop(box))).permute(2, 0, 1)
+        assert torch.equal(crop, expected)
+    quadrants = {((left + right) // 2 >= 512, (top + bottom) // 2 >= 384) for left, top, right, bottom in views.boxes}
+    assert quadrants == {(False, False), (False, True), (True, False), (True, True)}
+
+
+def test_crop_boxes_stay_inside_narrow_images():
+    for box in crop_boxes(250, 2000):
+        assert box[0] >= 0 and box[1] >= 0 and box[2] <= 250 and box[3] <= 2000
 
 
 def test_normalise_uses_training_statistics():
-    grey = torch.full((3, 2, 2), 128, dtype=torch.uint8)
-    normalised = normalise(grey)
-    assert normalised.dtype == torch.float32
-    assert torch.allclose(normalised[0], torch.full((2, 2), (128 / 255 - 0.4914) / 0.2470), atol=1e-5)
-
-
-def test_small_jpeg_reduced_decoding_matches_full_decoding(subset):
-    """Below the tiling size a JPEG is decoded at reduced DCT scale: same model input as a full decode, to ~1/255."""
-    photo = encode(sample_rgb(subset).resize((160, 120), Image.Resampling.BICUBIC), "JPEG", quality=90)
-    reduced = image_bytes_to_views(photo).float()
-    full = resize_to_input(decode_image(photo)).float()
-    assert decode_image(photo, reduce_to=INPUT_SIZE).size == (80, 60)
-    assert reduced.shape[0] == 1 and (reduced[0] - full).abs().mean() < 1.0
-
-
-def test_large_images_add_native_resolution_tiles(subset):
-    photo = sample_rgb(subset).resize((1024, 768), Image.Resampling.BICUBIC)
-    views = image_to_views(photo)
-    assert len(views) == 1 + len(TILE_SCALES) * TILES_PER_SIDE**2
-    assert torch.equal(views[0], resize_to_input(photo))
-    top_left = torch.from_numpy(np.array(photo)[:INPUT_SIZE, :INPUT_SIZE]).permute(2, 0, 1)
-    assert torch.equal(views[1], top_left), "the first tile is the native top-left corner"
-
-
-def test_tile_levels_stop_where_tiles_would_overlap(subset):
-    just_tiled = sample_rgb(subset).resize((TILED_MIN_SIDE, TILED_MIN_SIDE))
-    assert len(image_to_views(just_tiled)) == 1 + 2 * TILES_PER_SIDE**2, "scales 1 and 2 fit a 128 px side"
-    assert len(image_to_views(sample_rgb(subset).resize((TILED_MIN_SIDE - 1, 400)))) == 1
-
-
-def test_large_jpeg_is_decoded_at_native_resolution_for_its_tiles(subset):
-    photo = encode(sample_rgb(subset).resize((512, 384), Image.Resampling.BICUBIC), "JPEG", quality=90)
-    views = image_bytes_to_views(photo)
-    assert torch.equal(views, image_to_views(decode_image(photo)))
-
-
-def test_tiles_can_be_switched_off(subset):
-    photo = encode(sample_rgb(subset).resize((512, 384), Image.Resampling.BICUBIC), "JPEG", quality=90)
-    whole_only = image_bytes_to_views(photo, tiles=False)
-    assert whole_only.shape == (1, 3, INPUT_SIZE, INPUT_SIZE)
-    assert (whole_only[0].float() - image_bytes_to_views(photo)[0].float()).abs().mean() < 1.0
+    white = normalise(torch.full((3, 4, 4), 255, dtype=torch.uint8))
+    assert torch.allclose(white[:, 0, 0], torch.tensor([(1 - m) / s for m, s in zip(MEAN, STD, strict=True)]))
