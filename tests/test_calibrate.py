@@ -32,13 +32,13 @@ def test_temperature_stays_within_bounds_on_degenerate_validation_sets(margins, 
 
 
 def test_operating_offset_is_bounded():
-    assert operating_offset(torch.full((50,), 1e6), temperature=0.05, target_fpr=0.02) == -OFFSET_BOUND
+    assert operating_offset(torch.full((50,), 1e6), target_fpr=0.02) == -OFFSET_BOUND
 
 
 def test_operating_offset_sets_the_clean_false_positive_rate():
     clean_margins = torch.linspace(-10, 2, 1001)
-    offset = operating_offset(clean_margins, temperature=2.0, target_fpr=0.05)
-    flagged = (clean_margins / 2.0 + offset > 0).float().mean()
+    offset = operating_offset(clean_margins, target_fpr=0.05)
+    flagged = (clean_margins + offset > 0).float().mean()
     assert float(flagged) == pytest.approx(0.05, abs=0.002)
 
 

@@ -1,27 +1,31 @@
-"""Calibrate a trained detector on its validation split: temperature, then operating point.
+"""Calibrate a trained detector on held-out images: a temperature per view kind, then one operating point.
 
-1. Temperature scaling (Guo et al. 2017): one scalar T dividing the binary logits,
-   fitted by negative log-likelihood on the validation split (balanced clean/corrupted),
-   so a 0.9 means right about 90% of the time there.
-2. Operating point: the "corrupted" logit is shifted so that the validation clean
-   false-positive rate equals `target_fpr`. A logit shift is a change of prior: the
-   shipped probabilities are calibrated for a stream in which corrupted images are
-   `operating_prior` of the traffic (rather than the validation split's 50%), and the
-   API's label stays "corrupted exactly when P(corrupted) > 0.5".
+1. Temperature scaling (Guo et al. 2017): each head's margin is divided by its own temperature T, fitted
+   by negative log-likelihood on validation samples of its own view kind (whole views of the validation
+   photos and CIFAR images; native crops of the validation photos), made exactly as in training, so a
+   0.9 from either head means right about 90% of the time there.
+2. Operating point: the views combine (detector/model.py) and one offset shifts the combined log-odds so
+   that the clean false-positive rate on validation images is `target_fpr` in each domain (validation
+   photos at every size and two JPEG qualities, through the serving path; CIFAR validation images); the
+   stricter domain sets it. A logit shift is a change of prior: the shipped probabilities are calibrated
+   for a stream in which corrupted images are `operating_prior` of the traffic, and the API's label stays
+   "corrupted exactly when P(corrupted) > 0.5".
 
-Both are fitted within sane bounds (a degenerate short run, perfectly separable or with
-constant outputs, would otherwise ask for T -> 0 or T -> infinity) and saved as fp32
-buffers of the model (detector/model.py).
+Both are fitted within sane bounds (a degenerate short run, perfectly separable or with constant outputs,
+would otherwise ask for T -> 0 or T -> infinity) and saved as fp32 buffers of the model.
 """
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
-from detector.model import load_model, read_checkpoint, save_checkpoint
-from evaluation.metrics import score
+from detector.corruptions import to_pil
+from detector.model import CorruptionNet, load_model, read_checkpoint, save_checkpoint
+from detector.preprocessing import Views, image_bytes_to_views, image_to_views
+from training.corpus import BuiltPhoto
+from training.photo_data import CifarSamples, CropSamples, PhotoSet, ViewBatches, WholeViewSamples, clean_variants
 
 # Beyond these a temperature means the validation split could not tell anything apart (T -> infinity: every
 # answer 0.5) or was separated perfectly (T -> 0: every answer 0 or 1); either way, stop at the bound.
@@ -30,15 +34,20 @@ TEMPERATURE_BOUNDS = (0.05, 20.0)
 OFFSET_BOUND = 20.0
 # Golden-section steps: each shrinks the bracket by 0.618, 80 steps reach float precision.
 SEARCH_STEPS = 80
+# Validation samples are drawn with their own seed, never a training one.
+VALIDATION_SEED = 10**6
+# Validation samples per view kind for the temperatures (whole views of photos and of CIFAR images each).
+SAMPLES = 960
+WHOLE_BATCH = 32
 
 
 def temperature_nll(margins: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
     """Mean negative log-likelihood of the labels under sigmoid(margin / temperature)."""
-    return float(torch.nn.functional.binary_cross_entropy_with_logits(margins / temperature, labels.float()))
+    return float(torch.nn.functional.binary_cross_entropy_with_logits(margins / temperature, labels.double()))
 
 
 def fit_temperature(margins: torch.Tensor, labels: torch.Tensor) -> float:
-    """The T in TEMPERATURE_BOUNDS minimising the NLL of sigmoid(margin / T) (margin = corrupted - clean logit).
+    """The T in TEMPERATURE_BOUNDS minimising the NLL of sigmoid(margin / T).
 
     The NLL is convex in 1/T (a one-parameter logistic regression), so a golden-section search over
     1/T finds the bounded optimum deterministically, without a step size to tune.
@@ -55,27 +64,89 @@ def fit_temperature(margins: torch.Tensor, labels: torch.Tensor) -> float:
     return 1 / ((low + high) / 2)
 
 
-def operating_offset(clean_margins: torch.Tensor, temperature: float, target_fpr: float) -> float:
+def operating_offset(clean_margins: torch.Tensor, target_fpr: float) -> float:
     """The logit shift (within +-OFFSET_BOUND) leaving a fraction `target_fpr` of the clean margins above 0."""
-    offset = -float(torch.quantile(clean_margins.double() / temperature, 1.0 - target_fpr))
+    offset = -float(torch.quantile(clean_margins.double(), 1.0 - target_fpr))
     return min(max(offset, -OFFSET_BOUND), OFFSET_BOUND)
 
 
-def calibrate_checkpoint(path: Path, validation: Dataset, target_fpr: float, device: torch.device) -> dict:
-    """Fit temperature and operating offset on `validation` and write them into the checkpoint at `path`."""
-    model = load_model(path, device)
-    scores = score(model, validation, device, progress=False)
-    temperature = fit_temperature(scores.raw_margin, scores.label)
-    offset = operating_offset(scores.raw_margin[scores.label == 0], temperature, target_fpr)
-    model.temperature.fill_(temperature)
+@torch.inference_mode()
+def head_margins(model: CorruptionNet, head: str, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> tuple:
+    """(raw margins, labels) of one head over batches of (normalised images, labels)."""
+    margins, labels = [], []
+    for images, batch_labels in batches:
+        margins.append(getattr(model, head)(images)[0].float())
+        labels.append(batch_labels)
+    return torch.cat(margins), torch.cat(labels)
+
+
+def whole_batches(photos: PhotoSet, cifar: torch.Tensor, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`count` validation whole views of photos (batches of one shape each), then `count` of CIFAR images."""
+    samples = WholeViewSamples(photos, VALIDATION_SEED)
+    for requests in ViewBatches(max(1, count // WHOLE_BATCH), min(count, WHOLE_BATCH), VALIDATION_SEED):
+        items = [samples[request] for request in requests]
+        yield torch.stack([item[0] for item in items]), torch.tensor([item[1] for item in items])
+    yield from sample_batches(CifarSamples(cifar, VALIDATION_SEED), count)
+
+
+def sample_batches(dataset, count: int, size: int = 64) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, count, size):
+        items = [dataset[index] for index in range(start, min(count, start + size))]
+        yield torch.stack([item[0] for item in items]), torch.tensor([item[1] for item in items])
+
+
+@torch.inference_mode()
+def combined_margins(model: CorruptionNet, views: list[Views]) -> torch.Tensor:
+    """The combined evidence (temperatures applied, before the offset) of whole images, a few at a time."""
+    return torch.cat([model.score_views(views[i : i + 8]).margin for i in range(0, len(views), 8)])
+
+
+def clean_photo_views(photos: list[BuiltPhoto], folder: str) -> list[Views]:
+    """Every validation photo at every evaluation size and JPEG quality, through the serving path (bytes)."""
+    return [image_bytes_to_views(data) for photo in photos for data in clean_variants(f"{folder}/{photo.file}")]
+
+
+def calibrate(
+    model: CorruptionNet, photos: list[BuiltPhoto], folder: str, cifar: torch.Tensor, target_fpr: float, samples: int
+) -> dict:
+    """Fit both temperatures (on `samples` validation samples per view kind) and the operating offset into
+    `model`'s buffers; returns what was fitted."""
+    photo_set = PhotoSet.load(folder, photos)
+    whole_t = fit_temperature(*head_margins(model, "whole", whole_batches(photo_set, cifar, samples)))
+    crops = sample_batches(CropSamples(photo_set, VALIDATION_SEED), samples)
+    crop_t = fit_temperature(*head_margins(model, "crop", crops))
+    model.whole_temperature.fill_(whole_t)
+    model.crop_temperature.fill_(crop_t)
+    model.corrupted_logit_offset.zero_()
+    clean = {
+        "photos": combined_margins(model, clean_photo_views(photos, folder)),
+        "cifar": combined_margins(model, [image_to_views(to_pil(image)) for image in cifar]),
+    }
+    offset = min(operating_offset(margins, target_fpr) for margins in clean.values())
     model.corrupted_logit_offset.fill_(offset)
-    calibration = {
-        "temperature": round(temperature, 4),
+    return {
+        "whole_temperature": round(whole_t, 4),
+        "crop_temperature": round(crop_t, 4),
         "corrupted_logit_offset": round(offset, 4),
         "operating_prior": round(1 / (1 + math.exp(-offset)), 4),
         "target_fpr": target_fpr,
-        "validation_samples": len(scores.label),
+        "validation_clean_fpr": {name: float((m + offset > 0).float().mean()) for name, m in clean.items()},
+        "validation_clean_images": {name: len(m) for name, m in clean.items()},
     }
+
+
+def calibrate_checkpoint(
+    path: Path,
+    photos: list[BuiltPhoto],
+    folder: str,
+    cifar: torch.Tensor,
+    target_fpr: float,
+    device: torch.device,
+    samples: int = SAMPLES,
+) -> dict:
+    """Calibrate the checkpoint at `path` on validation photos and CIFAR images, and write it back."""
+    model = load_model(path, device)
+    calibration = calibrate(model, photos, folder, cifar, target_fpr, samples)
     metadata = read_checkpoint(path)["metadata"]
     save_checkpoint(model, path, {**metadata, "calibration": calibration})
     return calibration

@@ -27,6 +27,7 @@ import tarfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from itertools import combinations
 from pathlib import Path
 
@@ -34,18 +35,58 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from evaluation.photos import jpeg_quality
-
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = Path(__file__).with_name("photo_corpus.json")
 SPLITS = ("train", "val", "test")
 # Never used for anything, not even evaluation: an independent acceptance set is built from these.
 RESERVED_PACKAGES = frozenset({"lxqt-themes", "mate-backgrounds", "opencv-doc"})
-RESERVED_PATH_PARTS = ("opencv", "samples/data")
+RESERVED_PATH_PARTS = ("opencv", "samples/data")  # OpenCV's sample images, wherever they are shipped
 # Two photos whose perceptual hashes differ in at most this many of 64 bits are the same picture.
 NEAR_DUPLICATE_BITS = 8
 # JPEG originals below this quality carry visible blocks of their own: train-only, used at half size.
 MIN_CLEAN_QUALITY = 70
+
+
+# The IJG (libjpeg) standard luminance quantisation table, natural (row-major) order, as Pillow reports it.
+_STD_LUMINANCE = (
+    (16, 11, 10, 16, 24, 40, 51, 61),
+    (12, 12, 14, 19, 26, 58, 60, 55),
+    (14, 13, 16, 24, 40, 57, 69, 56),
+    (14, 17, 22, 29, 51, 87, 80, 62),
+    (18, 22, 37, 56, 68, 109, 103, 77),
+    (24, 35, 55, 64, 81, 104, 113, 92),
+    (49, 64, 78, 87, 103, 121, 120, 101),
+    (72, 92, 95, 98, 112, 100, 103, 99),
+)
+
+
+def _ijg_table(quality: int, limit: int) -> list[int]:
+    """The luminance table libjpeg's jpeg_set_quality writes for `quality` (1..100)."""
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    return [min(max((base * scale + 50) // 100, 1), limit) for row in _STD_LUMINANCE for base in row]
+
+
+def jpeg_quality(data: bytes) -> int | None:
+    """Estimate the IJG quality (1..100) a JPEG was saved with, from its luminance table; None if not a JPEG.
+
+    Tables that are not scaled IJG tables (some cameras write their own) get the nearest quality.
+    """
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Exception:
+        return None
+    if image.format not in ("JPEG", "MPO"):
+        return None
+    tables = getattr(image, "quantization", None) or {}
+    if 0 not in tables:
+        return None
+    observed = list(tables[0])
+    limit = 255 if max(observed) <= 255 else 32767  # 8-bit tables are clamped to 255 (baseline)
+
+    def distance(quality: int) -> int:
+        return sum(abs(a - b) for a, b in zip(observed, _ijg_table(quality, limit), strict=True))
+
+    return min(range(1, 101), key=distance)
 
 
 class CorpusError(RuntimeError):
@@ -90,7 +131,8 @@ def check_sources(photos: list[PhotoSource]) -> None:
     if len(set(ids)) != len(ids):
         raise CorpusError(f"duplicate photo ids in the manifest: {sorted({i for i in ids if ids.count(i) > 1})}")
     for photo in photos:
-        if photo.package in RESERVED_PACKAGES or any(part in photo.path.lower() for part in RESERVED_PATH_PARTS):
+        where = f"{photo.package}/{photo.path}".lower()
+        if photo.package in RESERVED_PACKAGES or any(part in where for part in RESERVED_PATH_PARTS):
             raise CorpusError(f"{photo.id} comes from a reserved source ({photo.package}: {photo.path}): never used")
         if photo.split not in SPLITS:
             raise CorpusError(f"{photo.id} has split {photo.split!r}, not one of {SPLITS}")
@@ -254,6 +296,21 @@ def build(out: Path, photos: list[PhotoSource], archives: Path | None = None) ->
     check_near_duplicates(built)
     (out / "manifest.json").write_text(json.dumps([asdict(photo) for photo in built], indent=1) + "\n")
     return built
+
+
+def installed_photo(photo_id: str) -> bytes:
+    """A pinned photo read from its package as installed in this environment, checked against its pin.
+
+    The tests and benchmarks use the test-split photos of packages the project installs anyway
+    (scikit-image, scikit-learn, matplotlib), so CI needs no corpus download.
+    """
+    photo = next(p for p in read_manifest() if p.id == photo_id)
+    if photo.source != "pypi" or metadata.version(photo.package) != photo.version:
+        raise CorpusError(f"{photo_id} is not installed here at its pin ({photo.package} {photo.version})")
+    data = metadata.distribution(photo.package).locate_file(photo.path).read_bytes()
+    if sha256(data) != photo.file_sha256:
+        raise CorpusError(f"the installed {photo.package} holds another {photo.path} than pinned")
+    return data
 
 
 def load_built(folder: Path, split: str) -> list[BuiltPhoto]:

@@ -1,0 +1,74 @@
+"""Training samples are made the way the server sees images: whole views in batches of one shape, native crops on
+the JPEG grid, CIFAR images; each sample a function of (seed, stream, index) alone."""
+
+import pytest
+import torch
+
+from detector.corruptions import CORRUPTIONS, KIND_TYPES, SAMPLE_KINDS
+from detector.model import CROP_TYPES, FINE_TYPES
+from detector.preprocessing import CROP_SIZE, GLOBAL_SIDE
+from training.corpus import load_built
+from training.photo_data import (
+    CROP_KINDS,
+    CifarSamples,
+    CropSamples,
+    PhotoSet,
+    ViewBatches,
+    WholeViewSamples,
+    clean_variants,
+    photo_sizes,
+)
+
+
+@pytest.fixture(scope="module")
+def photos(mini_corpus) -> PhotoSet:
+    return PhotoSet.load(str(mini_corpus), load_built(mini_corpus, "train"))
+
+
+def test_whole_views_of_a_batch_share_one_shape_and_labels_match_kinds(photos):
+    samples = WholeViewSamples(photos, seed=0)
+    for requests in ViewBatches(6, 8, seed=0):
+        items = [samples[request] for request in requests]
+        assert len({tuple(item[0].shape) for item in items}) == 1
+        assert tuple(items[0][0].shape[-2:]) == requests[0].view_shape
+        assert min(requests[0].view_shape) <= GLOBAL_SIDE
+        for _, label, kind, type_index in items:
+            assert label == int(kind > 0) and type_index == KIND_TYPES[kind]
+
+
+def test_samples_are_a_function_of_seed_and_index(photos):
+    first, again, other = WholeViewSamples(photos, 0), WholeViewSamples(photos, 0), WholeViewSamples(photos, 1)
+    requests = next(iter(ViewBatches(1, 4, seed=0)))
+    assert all(torch.equal(first[r][0], again[r][0]) for r in requests)
+    assert any(not torch.equal(first[r][0], other[r][0]) for r in requests)
+
+
+def test_crops_are_native_size_and_only_fine_damage(photos):
+    samples = CropSamples(photos, seed=0)
+    kinds = set()
+    for index in range(40):
+        crop, label, kind, type_index = samples[index]
+        assert crop.shape == (3, CROP_SIZE, CROP_SIZE) and label == int(kind > 0)
+        kinds.add(SAMPLE_KINDS[kind])
+        family = "clean" if kind == 0 else CORRUPTIONS[SAMPLE_KINDS[kind]].family
+        assert CROP_TYPES[type_index] == family and family in ("clean", *FINE_TYPES)
+    assert kinds - {"clean"} <= set(CROP_KINDS) and len(kinds) > 2
+
+
+def test_cifar_samples_stay_32_pixels(images):
+    samples = CifarSamples(images, seed=0)
+    items = [samples[index] for index in range(20)]
+    assert all(item[0].shape == (3, 32, 32) for item in items) and {item[1] for item in items} == {0, 1}
+
+
+def test_clean_photos_are_judged_at_every_size_they_reach():
+    assert photo_sizes(4000, 3000) == [640, 1024, 1600, 4000]
+    assert photo_sizes(1200, 800) == [640, 1024]
+    assert photo_sizes(466, 350) == [466], "a small photo stands at its own size"
+
+
+def test_clean_variants_are_jpegs_at_both_qualities(mini_corpus):
+    photo = load_built(mini_corpus, "val")[0]
+    variants = clean_variants(str(mini_corpus / photo.file))
+    assert len(variants) == 2 * len(photo_sizes(photo.width, photo.height))
+    assert all(data[:2] == b"\xff\xd8" for data in variants)

@@ -1,0 +1,287 @@
+"""Training samples made the way users' images are made and seen: photos at many sizes, corrupted at photo scale,
+saved as a camera saves them, then cut into exactly the views the server computes (detector/preprocessing.py).
+
+Three streams, each a map-style dataset whose item randomness depends on (seed, stream, index) only:
+
+- `WholeViewSamples`: a random part of a training photo, scaled to a random "native" size, clean or
+  corrupted (every family, severity drawn in [1, 5]), saved as JPEG, and seen as the whole view.
+  Noise, compression and pixelation are drawn only at sizes where the whole view can see them (within
+  CROPS_FROM_DOWNSCALE of its size): on larger photos only the crops can, and the whole view is not
+  asked to guess. A batch shares one aspect ratio and one view size (`ViewBatches`).
+- `CropSamples`: native crops (from photos kept at full resolution, or shrunk up to 4x) clean or with
+  noise, compression or pixelation, saved as JPEG on the grid the server's crops sit on.
+- `CifarSamples`: 32x32 images, clean or under the CIFAR table and the size-free photo kinds, so small
+  images keep working.
+
+Clean samples are saved at JPEG quality MIN_CLEAN_JPEG_QUALITY..100 or kept lossless; corrupted ones at
+camera quality, so "corrupted" is never "saved at a lower quality than clean ones".
+"""
+
+import io
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as F
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from detector.corruptions import (
+    CAMERA_JPEG_QUALITY,
+    CIFAR_CORRUPTIONS,
+    CORRUPTIONS,
+    KIND_TYPES,
+    MIN_CLEAN_JPEG_QUALITY,
+    SAMPLE_KINDS,
+    SEVERITIES,
+    from_pil,
+    to_pil,
+)
+from detector.decoding import decode_image
+from detector.model import CROP_TYPES, FINE_TYPES
+from detector.preprocessing import (
+    CROP_GRID,
+    CROP_SIZE,
+    CROPS_FROM_DOWNSCALE,
+    GLOBAL_SIDE,
+    MIN_SIDE,
+    normalise,
+    whole_view,
+)
+from training.corpus import BuiltPhoto
+
+# Photos are kept in memory twice: at full resolution for crops, and at most this long for whole views.
+WHOLE_CACHE_LONG_SIDE = 1280
+# Whole-view samples are made at a "native" shorter side up to this many times the view's.
+MAX_DOWNSCALE = 5.0
+# Aspect ratios (width / height) a batch of whole views is drawn with: the common camera and phone shapes.
+ASPECTS = (1.0, 4 / 3, 3 / 4, 3 / 2, 2 / 3, 16 / 9)
+# Share of whole-view batches made of images smaller than the view (seen at their own size).
+SMALL_BATCH_SHARE = 0.15
+CLEAN_SHARE = 0.5
+GREYSCALE_SHARE = 0.05
+LOSSLESS_CLEAN_SHARE = 0.3
+# Kinds the crop head learns (their family is one of FINE_TYPES).
+CROP_KINDS = tuple(kind for kind, c in CORRUPTIONS.items() if c.family in FINE_TYPES)
+# Photo kinds that mean the same at 32 px as on a photo (no spatial parameter), added to the CIFAR table's.
+SIZE_FREE_KINDS = ("photon_noise", "low_contrast", "saturation", "pixelation")
+CIFAR_KINDS = (*CIFAR_CORRUPTIONS, *SIZE_FREE_KINDS)
+
+
+# The sizes (longer side) and JPEG qualities clean photos are judged at: by the calibration and the evaluation.
+# None is the photo's own size, for photos of at least LARGE_PHOTO px.
+PHOTO_SIZES = (640, 1024, 1600, None)
+LARGE_PHOTO = 3000
+CLEAN_QUALITIES = (92, 80)
+# Each stream draws from its own generators, so adding one stream never changes another's samples.
+WHOLE_STREAM, SHAPE_STREAM, CROP_STREAM, CIFAR_STREAM = range(4)
+
+
+def sample_rng(seed: int, stream: int, index: int) -> np.random.Generator:
+    """The generator of one sample: a function of (seed, stream, index) alone, whatever the worker."""
+    return np.random.default_rng(np.random.SeedSequence([seed, stream, index]))
+
+
+def torch_seed(rng: np.random.Generator) -> int:
+    return int(rng.integers(0, 2**62))
+
+
+@dataclass
+class PhotoSet:
+    """Training photos in memory: full resolution (for crops) and shrunk (for whole views), uint8 CHW."""
+
+    native: list[torch.Tensor]
+    shrunk: list[torch.Tensor]
+
+    @classmethod
+    def load(cls, folder: str, photos: Sequence[BuiltPhoto]) -> "PhotoSet":
+        natives, shrunks = [], []
+        for photo in photos:
+            with open(f"{folder}/{photo.file}", "rb") as file:
+                image = decode_image(file.read())
+            if photo.half_size:  # saved below the clean quality cut-off: only its half-size self is clean
+                image = image.reduce(2)
+            natives.append(F.pil_to_tensor(image))
+            scale = WHOLE_CACHE_LONG_SIDE / max(image.size)
+            if scale < 1:
+                image = image.resize(
+                    (round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS
+                )
+            shrunks.append(F.pil_to_tensor(image))
+        return cls(natives, shrunks)
+
+
+def save_like_a_camera(image: torch.Tensor, corrupted: bool, rng: np.random.Generator) -> torch.Tensor:
+    """Clean: a JPEG at MIN_CLEAN_JPEG_QUALITY..100 or lossless; corrupted: a JPEG at camera quality."""
+    if not corrupted and rng.random() < LOSSLESS_CLEAN_SHARE:
+        return image
+    low, high = CAMERA_JPEG_QUALITY if corrupted else (MIN_CLEAN_JPEG_QUALITY, 100)
+    buffer = io.BytesIO()
+    to_pil(image).save(buffer, format="JPEG", quality=int(rng.integers(low, high + 1)))
+    return from_pil(Image.open(buffer))
+
+
+def random_part(photo: torch.Tensor, aspect: float, rng: np.random.Generator) -> torch.Tensor:
+    """A random part of a photo with the given aspect ratio, covering 35-100% of the largest such part."""
+    height, width = photo.shape[-2:]
+    full_h = min(height, width / aspect)
+    part_h = full_h * math.sqrt(rng.uniform(0.35, 1.0))
+    part_w = min(width, part_h * aspect)
+    part_h, part_w = max(1, round(part_h)), max(1, round(part_w))
+    top, left = int(rng.integers(0, height - part_h + 1)), int(rng.integers(0, width - part_w + 1))
+    return photo[:, top : top + part_h, left : left + part_w]
+
+
+def corrupt_or_not(image: torch.Tensor, kinds: Sequence[str], table: dict, rng: np.random.Generator) -> tuple:
+    """(image, its index in SAMPLE_KINDS): clean with CLEAN_SHARE, else one of `kinds` at a random severity."""
+    if rng.random() < CLEAN_SHARE:
+        return image, 0
+    kind = kinds[int(rng.integers(0, len(kinds)))]
+    severity = float(rng.uniform(SEVERITIES[0], SEVERITIES[-1]))
+    return table.get(kind, CORRUPTIONS[kind])(image, severity, torch_seed(rng)), SAMPLE_KINDS.index(kind)
+
+
+@dataclass(frozen=True)
+class WholeViewRequest:
+    """One whole-view sample to make: its index and the batch's shape."""
+
+    index: int
+    aspect: float
+    small_side: int | None  # the native shorter side of a batch of small images, None for photo-sized ones
+
+    @property
+    def view_shape(self) -> tuple[int, int]:
+        """(height, width) every view of the batch has: the whole view of an image of this aspect and size."""
+        short = self.small_side or GLOBAL_SIDE
+        return (short, round(short * self.aspect)) if self.aspect >= 1 else (round(short / self.aspect), short)
+
+
+class WholeViewSamples(Dataset):
+    """Whole views of training photos, clean or corrupted (see the module docstring). Items are
+    (normalised view, label, sample kind, type index)."""
+
+    def __init__(self, photos: PhotoSet, seed: int) -> None:
+        self.photos = photos
+        self.seed = seed
+
+    def __getitem__(self, request: WholeViewRequest) -> tuple[torch.Tensor, int, int, int]:
+        rng = sample_rng(self.seed, WHOLE_STREAM, request.index)
+        source = self.photos.shrunk[int(rng.integers(0, len(self.photos.shrunk)))]
+        part = random_part(source, request.aspect, rng)
+        fine = rng.random() < len(CROP_KINDS) / len(CORRUPTIONS)  # drawn first: it limits the native size
+        short = min(part.shape[-2:])
+        if request.small_side is not None:
+            side = min(short, request.small_side)
+        else:
+            limit = GLOBAL_SIDE * (CROPS_FROM_DOWNSCALE if fine else MAX_DOWNSCALE)
+            side = round(math.exp(rng.uniform(math.log(GLOBAL_SIDE), math.log(max(GLOBAL_SIDE, min(short, limit))))))
+        scale = side / short
+        image = F.resize(part, [max(1, round(part.shape[-2] * scale)), max(1, round(part.shape[-1] * scale))])
+        if rng.random() < 0.5:
+            image = F.horizontal_flip(image)
+        if rng.random() < GREYSCALE_SHARE:
+            image = F.rgb_to_grayscale(image, num_output_channels=3)
+        kinds = CROP_KINDS if fine else tuple(k for k in CORRUPTIONS if k not in CROP_KINDS)
+        image, kind = corrupt_or_not(image, kinds, CORRUPTIONS, rng)
+        view = whole_view(to_pil(save_like_a_camera(image, kind > 0, rng)))
+        if tuple(view.shape[-2:]) != request.view_shape:  # a pixel of rounding between samples of a batch
+            view = F.resize(view, list(request.view_shape), antialias=True)
+        return normalise(view), int(kind > 0), kind, KIND_TYPES[kind]
+
+
+class ViewBatches(Sampler[list[WholeViewRequest]]):
+    """Batches of whole-view requests sharing one aspect ratio and size: a batch's tensors must match."""
+
+    def __init__(self, batches: int, batch_size: int, seed: int, first: int = 0) -> None:
+        self.batches, self.batch_size, self.seed, self.first = batches, batch_size, seed, first
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self) -> Iterator[list[WholeViewRequest]]:
+        for batch in range(self.first, self.first + self.batches):
+            rng = sample_rng(self.seed, SHAPE_STREAM, batch)
+            aspect = ASPECTS[int(rng.integers(0, len(ASPECTS)))]
+            small = int(rng.integers(MIN_SIDE, GLOBAL_SIDE)) if rng.random() < SMALL_BATCH_SHARE else None
+            start = batch * self.batch_size
+            yield [WholeViewRequest(start + i, aspect, small) for i in range(self.batch_size)]
+
+
+class CropSamples(Dataset):
+    """Native crops of training photos, clean or with noise, compression or pixelation. Items are
+    (normalised crop, label, sample kind, crop-type index into CROP_TYPES)."""
+
+    def __init__(self, photos: PhotoSet, seed: int) -> None:
+        self.photos = photos
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return 2**31 - 1
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
+        rng = sample_rng(self.seed, CROP_STREAM, index)
+        source = self.photos.native[int(rng.integers(0, len(self.photos.native)))]
+        region = CROP_SIZE + CROP_GRID
+        scale = math.exp(rng.uniform(math.log(0.25), 0.0))  # the photo as shipped, or shrunk up to 4x
+        span = min(min(source.shape[-2:]), round(region / scale))
+        top = int(rng.integers(0, source.shape[-2] - span + 1))
+        left = int(rng.integers(0, source.shape[-1] - span + 1))
+        patch = F.resize(source[:, top : top + span, left : left + span], [region, region], antialias=True)
+        patch, kind = corrupt_or_not(patch, CROP_KINDS, CORRUPTIONS, rng)
+        saved = save_like_a_camera(patch, kind > 0, rng)
+        offset_y, offset_x = (CROP_GRID * int(rng.integers(0, 2)) for _ in range(2))
+        crop = saved[:, offset_y : offset_y + CROP_SIZE, offset_x : offset_x + CROP_SIZE]
+        family = "clean" if kind == 0 else CORRUPTIONS[SAMPLE_KINDS[kind]].family
+        return normalise(crop), int(kind > 0), kind, CROP_TYPES.index(family)
+
+
+class CifarSamples(Dataset):
+    """32x32 images, clean (a quarter re-saved as JPEG) or corrupted by CIFAR_KINDS. Items as WholeViewSamples."""
+
+    def __init__(self, images: torch.Tensor, seed: int) -> None:
+        self.images = images
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return 2**31 - 1
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
+        rng = sample_rng(self.seed, CIFAR_STREAM, index)
+        image = self.images[int(rng.integers(0, len(self.images)))]
+        if rng.random() < 0.5:
+            image = F.horizontal_flip(image)
+        image, kind = corrupt_or_not(image, CIFAR_KINDS, CIFAR_CORRUPTIONS, rng)
+        if kind == 0 and rng.random() < 0.25:
+            image = save_like_a_camera(image, True, rng)  # clean at camera quality stays clean
+        return normalise(image), int(kind > 0), kind, KIND_TYPES[kind]
+
+
+def photo_sizes(width: int, height: int) -> list[int]:
+    """The PHOTO_SIZES (longer side, px) a photo of this size is judged at: never enlarged, so a photo smaller
+    than the first size is judged at its own size in its place."""
+    long = max(width, height)
+    sizes = [size or long for size in PHOTO_SIZES if (size or LARGE_PHOTO) <= long]
+    return sizes or [long]
+
+
+def at_long_side(image: Image.Image, long_side: int) -> Image.Image:
+    """The image resized (antialiased) to this longer side; itself at its own size."""
+    if max(image.size) == long_side:
+        return image
+    scale = long_side / max(image.size)
+    return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+
+
+def encode_jpeg(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def clean_variants(path: str) -> list[bytes]:
+    """A clean photo at every size it is judged at, saved at each CLEAN_QUALITIES: what a camera or site sends."""
+    with open(path, "rb") as file:
+        image = decode_image(file.read())
+    return [encode_jpeg(at_long_side(image, size), q) for size in photo_sizes(*image.size) for q in CLEAN_QUALITIES]
