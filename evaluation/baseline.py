@@ -134,7 +134,11 @@ class HeuristicBaseline:
 
     def fit(self, images: torch.Tensor, labels: np.ndarray | torch.Tensor) -> "HeuristicBaseline":
         """Fit on uint8 (N, 3, H, W) images with labels 0 clean / 1 corrupted."""
-        self.classifier.fit(image_features(images), np.asarray(labels).astype(int))
+        return self.fit_features(image_features(images), labels)
+
+    def fit_features(self, features: np.ndarray, labels: np.ndarray | torch.Tensor) -> "HeuristicBaseline":
+        """Fit on precomputed `image_features` (images of different sizes each give their own row)."""
+        self.classifier.fit(features, np.asarray(labels).astype(int))
         return self
 
     def corrupted_probability(self, images: torch.Tensor) -> np.ndarray:

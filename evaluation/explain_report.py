@@ -1,10 +1,11 @@
-"""Grad-CAM report: the example-heatmap figure and the occluded-quadrant check, in-process.
+"""Grad-CAM report on photos: the example-overlay figure and the occluded-quadrant check, in-process.
 
-python -m evaluation.explain_report --data ../shared/data/cifar10-subset/test --figure reports/gradcam_examples.png
+python -m evaluation.explain_report --photos data/photos --figure reports/gradcam_examples.png
 
-Prints how often the heatmap's mass lands in the quadrant hiding a solid
-occluding square (chance: 1 in 4). tests/test_explanations.py sends the very
-same cases through TorchServe's explanations API.
+Each test photo (at 640 px) gets a solid square of random colour inside one quadrant, 12-20% of the image
+(occlusion severities 3-4); the report prints how often the heaviest quadrant of the explanation heatmap is
+the occluded one (chance: 1 in 4). tests/test_explanations.py sends such cases through TorchServe's
+explanations API.
 """
 
 import argparse
@@ -14,41 +15,41 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torchvision.transforms.v2.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
 
-from detector.corruptions import KINDS, SAMPLE_KINDS, corrupt
+from detector.corruptions import corrupt, from_pil
 from detector.decoding import decode_image
-from detector.explain import GradCamExplainer
 from detector.inference import CorruptionDetector
-from detector.preprocessing import INPUT_SIZE, resize_to_input
+from detector.preprocessing import image_to_views
 from training.archive import SHIPPED_WEIGHTS
-from training.data import SUBSET, find_images
+from training.corpus import load_built
+from training.photo_data import at_long_side, encode_jpeg
 
-QUADRANT_CASES = 100
-# Occluding squares of 8 to 12 px (6 to 14% of the image, occlusion severities 2 to 4) inside one 16x16 quadrant.
-SQUARE_SIDES = (8, 12)
+# Share of the image the occluding square covers, inside one quadrant (occlusion severities 3 to 4).
+AREA = (0.12, 0.20)
+SIDE = 640
 SEED = 0
-FIGURE_ROWS = 4
+FIGURE_KINDS = ("clean", "occlusion", "gaussian_blur", "gaussian_noise", "exposure")
 FIGURE_SEVERITY = 4
 
 
-def sample_images(data: Path, count: int) -> list[torch.Tensor]:
-    """`count` images spread evenly over the sorted files (so over every class folder), at input size."""
-    paths = find_images(data)
-    step = max(1, len(paths) // count)
-    return [resize_to_input(decode_image(path.read_bytes())) for path in paths[::step][:count]]
+def sample_photos(folder: Path, split: str = "test", count: int | None = None) -> list[torch.Tensor]:
+    """A corpus split's photos at SIDE px on the longer side, uint8 CHW."""
+    photos = load_built(folder, split)[:count]
+    return [from_pil(at_long_side(decode_image((folder / p.file).read_bytes()), SIDE)) for p in photos]
 
 
 def occlude_quadrant(image: torch.Tensor, quadrant: int, generator: torch.Generator) -> torch.Tensor:
-    """A solid square of random colour at a random place entirely inside `quadrant` (0 TL, 1 TR, 2 BL, 3 BR)."""
-    half = INPUT_SIZE // 2
-    side = int(torch.randint(SQUARE_SIDES[0], SQUARE_SIDES[1] + 1, (), generator=generator))
-    top = (quadrant // 2) * half + int(torch.randint(0, half - side + 1, (), generator=generator))
-    left = (quadrant % 2) * half + int(torch.randint(0, half - side + 1, (), generator=generator))
-    colour = torch.randint(0, 256, (image.shape[0], 1, 1), generator=generator, dtype=torch.uint8)
-    return F.erase(image, top, left, side, side, colour)
+    """A solid square of random colour covering AREA of the image, entirely inside `quadrant` (0 TL .. 3 BR)."""
+    height, width = image.shape[-2:]
+    share = AREA[0] + (AREA[1] - AREA[0]) * float(torch.rand((), generator=generator))
+    side = min(height // 2, width // 2, round((share * height * width) ** 0.5))
+    top = (quadrant // 2) * (height // 2) + int(torch.randint(0, height // 2 - side + 1, (), generator=generator))
+    left = (quadrant % 2) * (width // 2) + int(torch.randint(0, width // 2 - side + 1, (), generator=generator))
+    occluded = image.clone()
+    occluded[:, top : top + side, left : left + side] = torch.randint(0, 256, (3, 1, 1), generator=generator)
+    return occluded
 
 
 def quadrant_cases(images: Sequence[torch.Tensor], seed: int = SEED) -> list[tuple[torch.Tensor, int]]:
@@ -58,53 +59,63 @@ def quadrant_cases(images: Sequence[torch.Tensor], seed: int = SEED) -> list[tup
 
 
 def heaviest_quadrant(heatmap: torch.Tensor) -> int:
-    """The quadrant (0 TL, 1 TR, 2 BL, 3 BR) holding the most heatmap mass."""
-    half = heatmap.shape[-1] // 2
-    return int(heatmap.reshape(2, half, 2, half).sum(dim=(1, 3)).flatten().argmax())
+    """The quadrant (0 TL, 1 TR, 2 BL, 3 BR) holding the most heatmap mass, for a map of any size."""
+    height, width = heatmap.shape[-2:]
+    rows, columns = torch.arange(height)[:, None] >= height / 2, torch.arange(width)[None, :] >= width / 2
+    masses = [float(heatmap[(rows == bool(q // 2)) & (columns == bool(q % 2))].sum()) for q in range(4)]
+    return max(range(4), key=masses.__getitem__)
 
 
-def quadrant_hits(explainer: GradCamExplainer, cases: Sequence[tuple[torch.Tensor, int]]) -> int:
-    """How many cases have their heatmap's heaviest quadrant where the occlusion is."""
-    maps = explainer.heatmaps([image for image, _ in cases])
-    return sum(heaviest_quadrant(heatmap) == quadrant for heatmap, (_, quadrant) in zip(maps, cases, strict=True))
+def quadrant_hits(detector: CorruptionDetector, cases: Sequence[tuple[torch.Tensor, int]]) -> int:
+    """How many cases have their explanation's heaviest quadrant where the occlusion is."""
+    hits = 0
+    for image, quadrant in cases:
+        (body,) = detector.answer([image_to_views(Image.fromarray(image.permute(1, 2, 0).numpy()))], explain=[True])
+        hits += heaviest_quadrant(torch.tensor(body["explanation"]["heatmap"])) == quadrant
+    return hits
+
+
+def variant(image: torch.Tensor, kind: str, seed: int) -> bytes:
+    """A photo clean or under one kind at FIGURE_SEVERITY, saved as a camera saves it."""
+    damaged = image if kind == "clean" else corrupt(image, kind, FIGURE_SEVERITY, seed)
+    return encode_jpeg(Image.fromarray(damaged.permute(1, 2, 0).numpy()), 92)
 
 
 def save_figure(detector: CorruptionDetector, images: Sequence[torch.Tensor], out: Path, seed: int = SEED) -> None:
-    """A grid of the API's overlays: one row per image, clean then each corruption kind at one severity."""
-    columns = SAMPLE_KINDS
-    figure = Figure(figsize=(2 * len(columns), 2.15 * len(images)))
-    axes = figure.subplots(len(images), len(columns))
+    """A grid of the API's overlays: one row per photo, clean then a few kinds at one severity."""
+    figure = Figure(figsize=(3 * len(FIGURE_KINDS), 2.6 * len(images)))
+    axes = figure.subplots(len(images), len(FIGURE_KINDS), squeeze=False)
     for row, image in enumerate(images):
-        variants = [image] + [corrupt(image, kind, FIGURE_SEVERITY, seed + row) for kind in KINDS]
-        views = [variant.unsqueeze(0) for variant in variants]  # 32x32 images: the whole view is the only one
-        bodies = detector.answer(views, explain=[True] * len(views))
-        for axis, column, body in zip(axes[row], columns, bodies, strict=True):
-            overlay = Image.open(io.BytesIO(base64.b64decode(body["explanation"]["overlay_png"])))
-            axis.imshow(overlay)
-            axis.set_title(f"{column}\np(corrupted) = {body['probs']['corrupted']:.2f}", fontsize=9)
+        payloads = [variant(image, kind, seed + row) for kind in FIGURE_KINDS]
+        records = detector.run(payloads, explain=[True] * len(payloads))
+        for axis, kind, record in zip(axes[row], FIGURE_KINDS, records, strict=True):
+            body = record.body
+            axis.imshow(Image.open(io.BytesIO(base64.b64decode(body["explanation"]["overlay_png"]))))
+            axis.set_title(f"{kind}\np(corrupted) = {body['probs']['corrupted']:.2f}", fontsize=9)
             axis.axis("off")
-    figure.suptitle(f'Grad-CAM of "corrupted" ({detector.explainer.layer}); corruptions at severity {FIGURE_SEVERITY}')
+    figure.suptitle(f"Explanations of the view that decided; damage at severity {FIGURE_SEVERITY}")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=72)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # A 256-colour palette makes the committed PNG four times smaller (~110 kB) at no visible cost.
+    # A 256-colour palette keeps the committed PNG small at no visible cost.
     Image.open(buffer).convert("RGB").quantize(256).save(out, optimize=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS)
-    parser.add_argument("--data", type=Path, default=SUBSET / "test")
-    parser.add_argument("--figure", type=Path, default=None, help="write the example-heatmap figure here (PNG)")
+    parser.add_argument("--photos", type=Path, default=Path("data/photos"), help="the corpus (make photos)")
+    parser.add_argument("--figure", type=Path, default=None, help="write the example-overlay figure here (PNG)")
     args = parser.parse_args(argv)
 
     detector = CorruptionDetector(args.weights)
-    cases = quadrant_cases(sample_images(args.data, QUADRANT_CASES))
-    hits = quadrant_hits(detector.explainer, cases)
+    photos = sample_photos(args.photos)
+    cases = quadrant_cases(photos)
+    hits = quadrant_hits(detector, cases)
     print(f"heaviest heatmap quadrant = occluded quadrant: {hits}/{len(cases)} ({hits / len(cases):.0%}; chance 25%)")
     if args.figure:
-        save_figure(detector, sample_images(args.data, FIGURE_ROWS), args.figure)
+        save_figure(detector, photos[:3], args.figure)
         print(args.figure)
 
 

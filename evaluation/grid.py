@@ -1,24 +1,23 @@
-"""The evaluation sets: every test image clean and under every kind x severity of a corruption table."""
+"""The CIFAR evaluation sets: every test image clean and under every kind x severity of a corruption table."""
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from detector.corruptions import CORRUPTIONS, SEVERITIES, Corruption
+from detector.corruptions import CIFAR_CORRUPTIONS, SEVERITIES, Corruption
 from detector.preprocessing import normalise
 
 
 class CorruptionGrid(Dataset):
     """Every image clean and under every kind x severity of `table`.
 
-    Item layout matches training.data.CorruptionDataset, with kind indices 1.. into the
-    table's kinds (the training table by default; evaluation.heldout.HELDOUT for kinds
-    never trained on). The corruption seed depends on (seed, index) only, so every
-    evaluation of the same images is identical.
+    Items are (normalised image, label, kind index 1.. into the table's kinds (0 clean), severity): the
+    CIFAR table by default, evaluation.heldout.HELDOUT for kinds never trained on. The corruption seed
+    depends on (seed, index) only, so every evaluation of the same images is identical.
     """
 
-    def __init__(self, images: torch.Tensor, seed: int = 0, table: dict[str, Corruption] = CORRUPTIONS) -> None:
+    def __init__(self, images: torch.Tensor, seed: int = 0, table: dict[str, Corruption] = CIFAR_CORRUPTIONS) -> None:
         self.images = images
         self.seed = seed
         self.corruptions = tuple(table.values())

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from detector.corruptions import KIND_TYPES, KINDS, SEVERITIES, TYPES
+from detector.corruptions import CORRUPTIONS, KINDS, SEVERITIES, TYPES
 from detector.model import CorruptionNet, is_corrupted
 
 # Severities the targets are about: 1 and 2 are deliberately subtle and reported, not targeted.
@@ -23,8 +23,8 @@ TARGET_SEVERITIES = (3, 4, 5)
 class Scores:
     """Per-sample outputs with the sample's ground truth.
 
-    corrupted_probability is what the API answers (calibrated); raw_margin is the
-    uncalibrated corrupted-minus-clean logit; type_probability has a column per TYPES.
+    corrupted_probability is what the API answers (calibrated); raw_margin is the evidence (log-odds)
+    before the operating offset; type_probability has a column per TYPES.
     """
 
     corrupted_probability: torch.Tensor
@@ -106,10 +106,12 @@ def summarise(scores: Scores, names: tuple[str, ...] = KINDS) -> dict:
     }
 
 
-def type_confusion(scores: Scores) -> list[list[int]]:
-    """Counts of (true type, predicted type) over TYPES, each training kind counted as its family's type."""
+def type_confusion(scores: Scores, kinds: tuple[str, ...]) -> list[list[int]]:
+    """Counts of (true type, predicted type) over TYPES; sample kind k (1..) is `kinds[k - 1]`, counted as its
+    family's type."""
     predicted = scores.type_probability.argmax(dim=1)
-    true = torch.tensor(KIND_TYPES)[scores.kind]
+    kind_types = [0, *(TYPES.index(CORRUPTIONS[kind].family) for kind in kinds)]
+    true = torch.tensor(kind_types)[scores.kind]
     matrix = torch.zeros(len(TYPES), len(TYPES), dtype=torch.long)
     matrix.index_put_((true, predicted), torch.ones_like(predicted), accumulate=True)
     return matrix.tolist()
@@ -155,15 +157,14 @@ def class_weights(labels: torch.Tensor, corrupted_share: float) -> torch.Tensor:
     return torch.where(corrupted, corrupted_share / corrupted.sum(), (1 - corrupted_share) / (~corrupted).sum())
 
 
-def calibration(scores: Scores, temperature: float, operating_prior: float) -> dict:
-    """ECE and reliability curves of the binary probability: raw, temperature-scaled, and as shipped.
+def calibration(scores: Scores, operating_prior: float) -> dict:
+    """ECE and reliability curves of the binary probability: temperature-scaled and as shipped.
 
-    Each is judged on the class mix it is meant for: raw and temperature-scaled probabilities on a
-    balanced mix (the validation split's), the shipped ones at the operating prior (training/calibrate.py).
+    Each is judged on the class mix it is meant for: the temperature-scaled evidence on a balanced mix (the
+    validation samples'), the shipped probabilities at the operating prior (training/calibrate.py).
     """
     variants = {
-        "raw": (torch.sigmoid(scores.raw_margin), 0.5),
-        "temperature": (torch.sigmoid(scores.raw_margin / temperature), 0.5),
+        "temperature": (torch.sigmoid(scores.raw_margin), 0.5),
         "shipped": (scores.corrupted_probability, operating_prior),
     }
     result = {}

@@ -6,11 +6,11 @@ import torch
 import torchvision.transforms.v2.functional as F
 from sklearn.metrics import roc_auc_score
 
-from detector.corruptions import KINDS, SEVERITIES, corrupt
+from detector.corruptions import CIFAR_CORRUPTIONS, SEVERITIES
 from evaluation.baseline import FEATURE_NAMES, HeuristicBaseline, image_features
 from training.data import load_clean_images
 
-PAIRS = [(kind, severity) for kind in KINDS for severity in SEVERITIES]
+PAIRS = [(kind, severity) for kind in CIFAR_CORRUPTIONS for severity in SEVERITIES]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def feature(images: torch.Tensor, name: str) -> np.ndarray:
 
 
 def corrupt_all(images: torch.Tensor, kind: str, severity: int) -> torch.Tensor:
-    return torch.stack([corrupt(image, kind, severity, seed=i) for i, image in enumerate(images)])
+    return torch.stack([CIFAR_CORRUPTIONS[kind](image, severity, seed=i) for i, image in enumerate(images)])
 
 
 def fraction_above(after: np.ndarray, before: np.ndarray) -> float:
@@ -68,7 +68,12 @@ def test_features_for_any_size(height, width):
 
 def test_fitted_baseline_separates_strong_noise_and_blur(subset, clean):
     train = torch.cat([load_clean_images(str(folder), limit=30) for folder in sorted((subset / "train").iterdir())])
-    corrupted = torch.stack([corrupt(image, *PAIRS[i % len(PAIRS)], seed=i) for i, image in enumerate(train)])
+    corrupted = torch.stack(
+        [
+            CIFAR_CORRUPTIONS[PAIRS[i % len(PAIRS)][0]](image, PAIRS[i % len(PAIRS)][1], seed=i)
+            for i, image in enumerate(train)
+        ]
+    )
     labels = torch.cat([torch.zeros(len(train)), torch.ones(len(train))])
     baseline = HeuristicBaseline().fit(torch.cat([train, corrupted]), labels)
 
