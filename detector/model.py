@@ -10,9 +10,10 @@ its own head, because each judges different damage:
 How views combine, stated per family and calibrated on held-out photos (training/calibrate.py):
 each head's margin (log-odds of "corrupted") is divided by its own temperature; the crops' evidence is
 their median, so one odd crop (a patch of grainy shadow, a flat sky) cannot decide; the image is as
-corrupted as the stronger of the two, shifted by one operating offset chosen for the target clean
+corrupted as the stronger of the two, shifted by an operating offset chosen for the target clean
 false-positive rate. Because the offset is fitted on the combined evidence, adding the crop view does not
-add its false alarms on top of the whole view's.
+add its false alarms on top of the whole view's. Images with native crops (photos) and images too small for
+them (CIFAR-sized) have an offset each: one offset for both would let the stricter domain silence the other.
 """
 
 from collections.abc import Sequence
@@ -45,8 +46,10 @@ FINE_TYPES = ("noise", "compression", "pixelation")
 CROP_TYPES = (CLEAN, *FINE_TYPES)
 # An image is called corrupted when its calibrated P(corrupted) is above this: the API's label and every metric.
 THRESHOLD = 0.5
-# Buffers that hold the calibration: saved in fp32 whatever the weights' precision.
-CALIBRATION_BUFFERS = ("whole_temperature", "crop_temperature", "corrupted_logit_offset")
+# Buffers that hold the calibration: saved in fp32 whatever the weights' precision. The operating offsets:
+# `corrupted_logit_offset` for images with native crops, `small_image_offset` for images too small for them.
+CALIBRATION_BUFFERS = ("whole_temperature", "crop_temperature", "corrupted_logit_offset", "small_image_offset")
+OFFSET_BUFFERS = ("corrupted_logit_offset", "small_image_offset")
 DROPOUT = 0.2
 
 
@@ -75,7 +78,7 @@ class CorruptionNet(nn.Module):
         self.whole_head = nn.Linear(self.trunk.num_features, 1 + len(TYPES))
         self.crop_head = nn.Linear(self.trunk.num_features, 1 + len(CROP_TYPES))
         for name in CALIBRATION_BUFFERS:
-            self.register_buffer(name, torch.tensor(0.0 if name == "corrupted_logit_offset" else 1.0))
+            self.register_buffer(name, torch.tensor(0.0 if name in OFFSET_BUFFERS else 1.0))
         self.register_buffer("crop_type_columns", torch.tensor([TYPES.index(name) for name in CROP_TYPES]))
 
     def whole(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,12 +98,18 @@ class CorruptionNet(nn.Module):
     def outputs(self, images: torch.Tensor) -> Outputs:
         """Outputs for a batch of normalised whole views of one size (images too small for crops)."""
         margin, type_logits = self.whole(images)
-        return self.decide(margin / self.whole_temperature, type_logits.float().softmax(dim=1))
+        no_crops = torch.zeros(len(margin), dtype=torch.bool, device=margin.device)
+        return self.decide(margin / self.whole_temperature, type_logits.float().softmax(dim=1), no_crops, no_crops)
 
-    def decide(self, margin: torch.Tensor, types: torch.Tensor, crops_decided: torch.Tensor | None = None) -> Outputs:
+    def offsets(self, has_crops: torch.Tensor) -> torch.Tensor:
+        """Each image's operating offset: the photo one where it has native crops, the small-image one elsewhere."""
+        return torch.where(has_crops, self.corrupted_logit_offset, self.small_image_offset)
+
+    def decide(
+        self, margin: torch.Tensor, types: torch.Tensor, has_crops: torch.Tensor, crops_decided: torch.Tensor
+    ) -> Outputs:
         """Outputs from calibrated evidence: the operating offset applied, probabilities as the API reports them."""
-        corrupted = torch.sigmoid(margin.float() + self.corrupted_logit_offset)
-        crops_decided = torch.zeros_like(corrupted, dtype=torch.bool) if crops_decided is None else crops_decided
+        corrupted = torch.sigmoid(margin.float() + self.offsets(has_crops))
         return Outputs(margin.float(), torch.stack([1 - corrupted, corrupted], dim=1), types, crops_decided)
 
     def crop_evidence(self, crops: torch.Tensor, counts: Sequence[int]) -> tuple[list, list]:
@@ -125,7 +134,8 @@ class CorruptionNet(nn.Module):
         crop_margins, crop_types = self.crop_evidence(crops, [len(image.crops) for image in views])
         combined, crops_decided = combine_margins(torch.stack(margins), crop_margins)
         chosen = torch.where(crops_decided[:, None], torch.stack(crop_types).to(device), torch.stack(types))
-        return self.decide(combined, chosen, crops_decided)
+        has_crops = torch.tensor([len(image.crops) > 0 for image in views], device=device)
+        return self.decide(combined, chosen, has_crops, crops_decided)
 
 
 def combine_margins(whole: torch.Tensor, crops: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,6 +162,7 @@ def contract() -> dict[str, Any]:
         "labels": list(LABELS),
         "types": list(TYPES),
         "crop_types": list(CROP_TYPES),
+        "calibration_buffers": list(CALIBRATION_BUFFERS),
         "input": {
             "global_side": GLOBAL_SIDE,
             "min_side": MIN_SIDE,

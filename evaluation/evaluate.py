@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from detector.corruptions import CIFAR_CORRUPTIONS, SEVERITIES, TYPES
 from detector.inference import CorruptionDetector
+from detector.model import CALIBRATION_BUFFERS
 from evaluation.baseline import HeuristicBaseline
 from evaluation.grid import CorruptionGrid, Materialised
 from evaluation.heldout import HELDOUT
@@ -81,7 +82,7 @@ def evaluate_cifar(detector: CorruptionDetector, args: argparse.Namespace) -> di
         "heldout_kinds": summarise(scores["heldout"], HELDOUT_KINDS),
         "baseline": {name: summarise(baseline_scores(baseline, grid), names[name]) for name, grid in grids.items()},
         "type_confusion": type_confusion(scores["training"], CIFAR_KINDS),
-        "calibration": calibration(scores["training"], float(torch.sigmoid(model.corrupted_logit_offset))),
+        "calibration": calibration(scores["training"], float(torch.sigmoid(model.small_image_offset))),
     }
 
 
@@ -132,10 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": str(args.model),
         "date": str(date.today()),
         "command": "python -m evaluation.evaluate " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "calibration_buffers": {
-            name: float(getattr(detector.model, name))
-            for name in ("whole_temperature", "crop_temperature", "corrupted_logit_offset")
-        },
+        "calibration_buffers": {name: float(getattr(detector.model, name)) for name in CALIBRATION_BUFFERS},
         "cifar": evaluate_cifar(detector, args),
         "photos": None if args.no_photos else evaluate_photo_corpus(detector, args),
     }

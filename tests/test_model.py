@@ -17,7 +17,7 @@ from detector.model import (
     read_checkpoint,
     save_checkpoint,
 )
-from detector.preprocessing import CROPS, image_to_views
+from detector.preprocessing import CROPS, image_to_views, normalise
 from tests.test_preprocessing import gradient
 from training.archive import SHIPPED_WEIGHTS
 
@@ -62,6 +62,19 @@ def test_images_are_scored_from_all_their_views(model):
     assert outputs.types.shape == (2, len(TYPES)) and not bool(outputs.decided_by_crops[1])
 
 
+def test_photos_and_small_images_each_get_their_own_operating_offset():
+    model = build_model("efficientnet-lite0").eval()
+    views = [image_to_views(gradient(1024, 768)), image_to_views(gradient(32, 32))]
+    with torch.inference_mode():
+        margins = model.score_views(views).margin
+        model.corrupted_logit_offset.fill_(-2.0)
+        model.small_image_offset.fill_(1.0)
+        shipped = model.score_views(views).probabilities[:, 1]
+        small_alone = model.outputs(normalise(views[1].whole[None])).probabilities[:, 1]
+    assert torch.allclose(shipped, torch.sigmoid(margins + torch.tensor([-2.0, 1.0])))
+    assert torch.allclose(small_alone, shipped[1:])
+
+
 def test_crops_decide_only_when_their_median_is_stronger():
     whole = torch.tensor([0.0, 0.0, 0.0, 1.0])
     crops = [
@@ -99,6 +112,7 @@ def test_weights_are_fp16_and_calibration_fp32(checkpoint):
         ("labels", ["corrupted", "clean"]),
         ("input", {**contract()["input"], "global_side": 224}),
         ("architecture", "resnet18-stem3x3s2-typehead"),
+        ("calibration_buffers", ["whole_temperature", "crop_temperature", "corrupted_logit_offset"]),
     ],
 )
 def test_a_checkpoint_with_another_contract_is_refused_naming_the_difference(checkpoint, field, value):

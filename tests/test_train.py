@@ -25,8 +25,10 @@ def test_training_writes_a_calibrated_checkpoint_and_its_history(trained):
     for name in ("whole_temperature", "crop_temperature"):
         assert TEMPERATURE_BOUNDS[0] <= calibration[name] <= TEMPERATURE_BOUNDS[1]
         assert float(getattr(model, name)) == pytest.approx(calibration[name], rel=1e-3)
-    assert math.isfinite(calibration["corrupted_logit_offset"])
-    assert set(calibration["validation_clean_fpr"]) == {"photos", "cifar"}
+    for name in ("corrupted_logit_offset", "small_image_offset"):
+        assert math.isfinite(calibration[name])
+        assert float(getattr(model, name)) == pytest.approx(calibration[name], abs=1e-4)
+    assert set(calibration["validation_clean_fpr"]) == {"photos", "small images"}
     assert read_checkpoint(trained / "model.pt")["metadata"]["calibration"] == calibration
     assert not (trained / "train_state.pt").exists(), "the resumable state is removed when the run ends"
 

@@ -134,6 +134,7 @@ def initial_model(args: argparse.Namespace) -> CorruptionNet:
         model.whole_temperature.fill_(1.0)
         model.crop_temperature.fill_(1.0)
         model.corrupted_logit_offset.zero_()
+        model.small_image_offset.zero_()
         return model
     model = build_model(args.backbone)
     if args.pretrained and args.backbone in LITE_CONFIGS:
