@@ -33,7 +33,7 @@ from bench.torchserve import ROOT, free_port, serving_weights
 from detector.inference import CorruptionDetector
 from detector.preprocessing import image_bytes_to_views
 from training.archive import SHIPPED_WEIGHTS
-from training.corpus import installed_photo
+from training.corpus import INSTALLED_TEST_PHOTOS, installed_photo
 from training.data import SUBSET
 from training.photo_data import at_long_side, encode_jpeg
 
@@ -41,22 +41,12 @@ SERVING_BATCH = 8
 PATH = "predictions/corruption"
 
 
-# Test-split photos the project installs anyway (training/corpus.py), for the photo mix.
-MIX_PHOTOS = (
-    "scikit-image--coffee",
-    "scikit-image--chelsea",
-    "scikit-image--astronaut",
-    "scikit-image--rocket",
-    "scikit-learn--china",
-    "scikit-learn--flower",
-    "matplotlib--grace-hopper",
-)
 MIX_SIZES = (640, 1024, 1600)
 
 
 def photo_mix() -> list[bytes]:
     """Each mix photo at each MIX_SIZES (longer side), saved as a q92 JPEG: what a camera fleet sends."""
-    photos = [Image.open(io.BytesIO(installed_photo(name))).convert("RGB") for name in MIX_PHOTOS]
+    photos = [Image.open(io.BytesIO(installed_photo(name))).convert("RGB") for name in INSTALLED_TEST_PHOTOS]
     return [encode_jpeg(at_long_side(photo, size), 92) for size in MIX_SIZES for photo in photos]
 
 

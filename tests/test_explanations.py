@@ -30,22 +30,14 @@ from detector.explain import (
 from detector.preprocessing import image_to_views
 from evaluation.explain_report import SIDE, heaviest_quadrant, quadrant_cases
 from tests.helpers import TIMEOUT, assert_prediction_schema, run_batch
-from training.corpus import installed_photo
+from training.corpus import INSTALLED_TEST_PHOTOS, installed_photo
 from training.photo_data import at_long_side
 
 # Heaviest heatmap quadrant = occluded quadrant, over the installed test photos each occluded in every quadrant
 # (python -m evaluation.explain_report measures it on the whole test split: MODEL_CARD.md). Chance is 25%.
 MIN_QUADRANT_RATE = 0.5
 # Test-split photos the test environment has installed (no download).
-PHOTOS = (
-    "scikit-image--coffee",
-    "scikit-image--chelsea",
-    "scikit-image--astronaut",
-    "scikit-image--rocket",
-    "scikit-learn--china",
-    "scikit-learn--flower",
-    "matplotlib--grace-hopper",
-)
+PHOTOS = INSTALLED_TEST_PHOTOS
 # The overlay's colour scale: its width beside the image area.
 SCALE_WIDTH = BAR_GAP + BAR_WIDTH + BAR_LABELS
 GREY = (128, 128, 128)

@@ -298,6 +298,19 @@ def build(out: Path, photos: list[PhotoSource], archives: Path | None = None) ->
     return built
 
 
+# Test-split photos of packages the project installs anyway, varied in scene and size (451 to 640 px wide): the
+# photos the tests and the benchmark's photo mix read through `installed_photo`.
+INSTALLED_TEST_PHOTOS = (
+    "scikit-image--coffee",
+    "scikit-image--chelsea",
+    "scikit-image--astronaut",
+    "scikit-image--rocket",
+    "scikit-learn--china",
+    "scikit-learn--flower",
+    "matplotlib--grace-hopper",
+)
+
+
 def installed_photo(photo_id: str) -> bytes:
     """A pinned photo read from its package as installed in this environment, checked against its pin.
 
