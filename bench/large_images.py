@@ -1,6 +1,6 @@
 """Cost of photos by size: decode + views (the whole view and native crops) + forward pass, per image and per MP.
 
-python -m bench.large_images [--repeats 5]
+python -m bench.large_images [--repeats 5] [--weights checkpoints/model.pt]
 
 Each size is a real photograph (scikit-image's astronaut, a test-split photo) resized and saved as a
 quality-90 JPEG, scored in-process one image at a time on one torch thread, as one TorchServe worker
@@ -11,6 +11,7 @@ side is over 240 px add four native crops to their whole view.
 import argparse
 import io
 import time
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -42,9 +43,10 @@ def best_of(repeats: int, work) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS, help="any checkpoint (default: shipped)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    detector = CorruptionDetector(SHIPPED_WEIGHTS)
+    detector = CorruptionDetector(args.weights)
     photo = Image.open(io.BytesIO(installed_photo("scikit-image--astronaut"))).convert("RGB")
     print("| size | MP | views | decode + views ms | forward ms | total ms | ms per MP |")
     print("|---|---:|---:|---:|---:|---:|---:|")

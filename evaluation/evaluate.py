@@ -15,6 +15,7 @@ default REPORTS is checkpoints/reports: the committed reports/ is regenerated on
 
 import argparse
 import json
+import shlex
 import sys
 from datetime import date
 from pathlib import Path
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {
         "model": str(args.model),
         "date": str(date.today()),
-        "command": "python -m evaluation.evaluate " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m evaluation.evaluate " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "calibration_buffers": {name: float(getattr(detector.model, name)) for name in CALIBRATION_BUFFERS},
         "cifar": evaluate_cifar(detector, args),
         "photos": None if args.no_photos else evaluate_photo_corpus(detector, args),
