@@ -92,7 +92,8 @@ class CorruptionNet(nn.Module):
         return out[:, 0], out[:, 1:]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Calibrated P(corrupted) logit of whole views alone: what Grad-CAM and exported graphs follow."""
+        """P(corrupted) logit of whole views alone, with the photo offset: what Grad-CAM follows (an offset
+        does not move gradients; `score_views` is what the API answers)."""
         return self.whole(images)[0] / self.whole_temperature + self.corrupted_logit_offset
 
     def outputs(self, images: torch.Tensor) -> Outputs:
