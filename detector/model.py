@@ -25,19 +25,7 @@ from torch import nn
 
 from detector.backbones import build_backbone
 from detector.corruptions import CLEAN, TYPES
-from detector.preprocessing import (
-    CROP_GRID,
-    CROP_SIZE,
-    CROPS,
-    CROPS_FROM_DOWNSCALE,
-    GLOBAL_SIDE,
-    MAX_ASPECT,
-    MEAN,
-    MIN_SIDE,
-    STD,
-    Views,
-    normalise,
-)
+from detector.preprocessing import Views, input_contract, normalise
 
 LABELS = ("clean", "corrupted")
 ARCHITECTURE = "whole-view-and-native-crops/v1"
@@ -164,17 +152,7 @@ def contract() -> dict[str, Any]:
         "types": list(TYPES),
         "crop_types": list(CROP_TYPES),
         "calibration_buffers": list(CALIBRATION_BUFFERS),
-        "input": {
-            "global_side": GLOBAL_SIDE,
-            "min_side": MIN_SIDE,
-            "max_aspect": MAX_ASPECT,
-            "crop_size": CROP_SIZE,
-            "crops": CROPS,
-            "crops_from_downscale": CROPS_FROM_DOWNSCALE,
-            "crop_grid": CROP_GRID,
-            "mean": list(MEAN),
-            "std": list(STD),
-        },
+        "input": input_contract(),
     }
 
 

@@ -16,6 +16,7 @@ into the model archive, so the server runs the very code the model was trained w
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torchvision.transforms.v2.functional as F
@@ -101,6 +102,22 @@ def image_to_views(image: Image.Image) -> Views:
 def image_bytes_to_views(data: bytes) -> Views:
     """The whole serving path for one image: bytes -> upright RGB (detector.decoding) -> its views."""
     return image_to_views(decode_image(data))
+
+
+def input_contract() -> dict[str, Any]:
+    """Every setting of the views and their normalisation: a checkpoint stores it and loading checks it, so a
+    model is never fed views of another shape or scale than it was trained on."""
+    return {
+        "global_side": GLOBAL_SIDE,
+        "min_side": MIN_SIDE,
+        "max_aspect": MAX_ASPECT,
+        "crop_size": CROP_SIZE,
+        "crops": CROPS,
+        "crops_from_downscale": CROPS_FROM_DOWNSCALE,
+        "crop_grid": CROP_GRID,
+        "mean": list(MEAN),
+        "std": list(STD),
+    }
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
