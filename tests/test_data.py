@@ -7,7 +7,7 @@ import torch
 
 from detector.corruptions import CIFAR_CORRUPTIONS, SEVERITIES
 from evaluation.grid import CorruptionGrid
-from training.data import find_images, load_clean_images, split_indices
+from training.data import find_images, load_clean_images, split_cifar, split_indices
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,13 @@ def test_split_is_disjoint_and_seeded():
     assert len(val) == 10 and len(train) == 90
     assert not set(train.tolist()) & set(val.tolist())
     assert torch.equal(split_indices(100, 0.1, seed=3)[1], val)
+
+
+def test_cifar_split_holds_out_the_seeded_validation_images(subset):
+    train, val = split_cifar(str(subset / "train"), 0.1, seed=3, limit=50)
+    images = load_clean_images(str(subset / "train"), limit=50)
+    train_idx, val_idx = split_indices(len(images), 0.1, seed=3)
+    assert torch.equal(val, images[val_idx]) and torch.equal(train, images[train_idx])
 
 
 def test_grid_covers_every_kind_and_severity_for_every_image(train_images):

@@ -32,7 +32,7 @@ from detector.corruptions import to_pil
 from detector.model import CorruptionNet, load_model, read_checkpoint, save_checkpoint
 from detector.preprocessing import Views, image_bytes_to_views, image_to_views
 from training.corpus import BuiltPhoto, load_built
-from training.data import load_clean_images, split_indices
+from training.data import split_cifar
 from training.photo_data import CifarSamples, CropSamples, PhotoSet, ViewBatches, WholeViewSamples, clean_variants
 
 # Beyond these a temperature means the validation split could not tell anything apart (T -> infinity: every
@@ -178,11 +178,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="as given to training: it chose the CIFAR split")
     parser.add_argument("--target-fpr", type=float, default=0.015, help="validation clean false-positive rate")
     args = parser.parse_args(argv)
-    images = load_clean_images(args.cifar, train=True)
-    _, val_idx = split_indices(len(images), args.cifar_val_fraction, args.seed)
+    _, cifar_validation = split_cifar(args.cifar, args.cifar_val_fraction, args.seed)
     validation = load_built(args.photos, "val")
     cpu = torch.device("cpu")
-    calibration = calibrate_checkpoint(args.model, validation, str(args.photos), images[val_idx], args.target_fpr, cpu)
+    calibration = calibrate_checkpoint(args.model, validation, str(args.photos), cifar_validation, args.target_fpr, cpu)
     print(json.dumps(calibration))
 
 

@@ -53,3 +53,13 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[torch.Ten
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     n_val = round(count * val_fraction)
     return order[n_val:], order[:n_val]
+
+
+def split_cifar(
+    source: str, val_fraction: float, seed: int, limit: int | None = None, download_root: Path = Path("data")
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training, validation) images of `source`, split by seed: training and a later recalibration of its
+    checkpoint must hold out the very same images."""
+    images = load_clean_images(source, limit=limit, train=True, download_root=download_root)
+    train_idx, val_idx = split_indices(len(images), val_fraction, seed)
+    return images[train_idx], images[val_idx]

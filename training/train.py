@@ -39,7 +39,7 @@ from detector.backbones import LITE_CONFIGS
 from detector.model import CorruptionNet, build_model, load_model, save_checkpoint
 from training.calibrate import SAMPLES, calibrate_checkpoint
 from training.corpus import load_built
-from training.data import load_clean_images, split_indices
+from training.data import load_clean_images, split_cifar
 from training.photo_data import CifarSamples, CropSamples, PhotoSet, ViewBatches, WholeViewSamples
 
 # One cycle of steps: which stream each step trains on.
@@ -157,10 +157,9 @@ def frozen_modules(model: CorruptionNet, args: argparse.Namespace) -> list[nn.Mo
 
 def cifar_images(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     """(training images, validation images) at 32x32: validation comes from --cifar only."""
-    images = load_clean_images(args.cifar, limit=args.limit, train=True, download_root=args.download_root)
-    train_idx, val_idx = split_indices(len(images), args.cifar_val_fraction, args.seed)
+    train, val = split_cifar(args.cifar, args.cifar_val_fraction, args.seed, args.limit, args.download_root)
     extra = [load_clean_images(folder, limit=args.limit) for folder in args.extra_cifar]
-    return torch.cat([images[train_idx], *extra]), images[val_idx]
+    return torch.cat([train, *extra]), val
 
 
 def batches(loader: DataLoader) -> Iterator:
