@@ -12,6 +12,7 @@ load generator shares the CPU with the servers, as a sidecar client would.
 import argparse
 import contextlib
 import io
+import itertools
 import os
 import platform
 import signal
@@ -72,7 +73,7 @@ def in_process_rates(detector: CorruptionDetector, payloads: list[bytes], second
     """Forward pass alone (the limit) and the whole pipeline (decode + views + forward), at batch 1 and the
     serving batch, cycling through the payloads."""
     views = [image_bytes_to_views(data) for data in payloads]
-    turn = iter(range(10**9))
+    turn = itertools.count()
 
     def take(items: list, batch: int) -> list:
         start = next(turn) * batch
