@@ -18,13 +18,14 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from detector.corruptions import corrupt, from_pil
+from detector.corruptions import corrupt, from_pil, to_pil
 from detector.decoding import decode_image
 from detector.inference import CorruptionDetector
 from detector.preprocessing import image_to_views
+from evaluation.photo_eval import camera_save
 from training.archive import SHIPPED_WEIGHTS
 from training.corpus import load_built
-from training.photo_data import at_long_side, encode_jpeg
+from training.photo_data import at_long_side
 
 # Share of the image the occluding square covers, inside one quadrant (occlusion severities 3 to 4).
 AREA = (0.12, 0.20)
@@ -70,7 +71,7 @@ def quadrant_hits(detector: CorruptionDetector, cases: Sequence[tuple[torch.Tens
     """How many cases have their explanation's heaviest quadrant where the occlusion is."""
     hits = 0
     for image, quadrant in cases:
-        (body,) = detector.answer([image_to_views(Image.fromarray(image.permute(1, 2, 0).numpy()))], explain=[True])
+        (body,) = detector.answer([image_to_views(to_pil(image))], explain=[True])
         hits += heaviest_quadrant(torch.tensor(body["explanation"]["heatmap"])) == quadrant
     return hits
 
@@ -78,7 +79,7 @@ def quadrant_hits(detector: CorruptionDetector, cases: Sequence[tuple[torch.Tens
 def variant(image: torch.Tensor, kind: str, seed: int) -> bytes:
     """A photo clean or under one kind at FIGURE_SEVERITY, saved as a camera saves it."""
     damaged = image if kind == "clean" else corrupt(image, kind, FIGURE_SEVERITY, seed)
-    return encode_jpeg(Image.fromarray(damaged.permute(1, 2, 0).numpy()), 92)
+    return camera_save(damaged)
 
 
 def save_figure(detector: CorruptionDetector, images: Sequence[torch.Tensor], out: Path, seed: int = SEED) -> None:

@@ -31,12 +31,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from brisque import BRISQUE
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from detector.corruptions import CORRUPTIONS, KINDS, SEVERITIES, VISIBLE_SEVERITY, from_pil
+from detector.corruptions import CORRUPTIONS, KINDS, SEVERITIES, VISIBLE_SEVERITY, from_pil, to_pil
 from detector.decoding import decode_image
 from detector.inference import CorruptionDetector
 from evaluation.baseline import HeuristicBaseline, image_features
@@ -44,6 +45,13 @@ from training.corpus import BuiltPhoto
 from training.photo_data import CLEAN_QUALITIES, PHOTO_SIZES, at_long_side, encode_jpeg, photo_sizes
 
 CAMERA_SAVE = 92
+
+
+def camera_save(image: torch.Tensor) -> bytes:
+    """A damaged photo (uint8 tensor) saved as a camera saves it: a q92 JPEG, as every corrupted case is."""
+    return encode_jpeg(to_pil(image), CAMERA_SAVE)
+
+
 # The Laplacian rule as users copy it.
 LAPLACIAN_THRESHOLD = 100.0
 # BRISQUE's decision threshold: the clean validation photos' score at this quantile (it ships no threshold).
@@ -105,7 +113,7 @@ def photo_cases(photo: BuiltPhoto, image: Image.Image, severities: Sequence[int]
             for severity in severities:
                 case_id = f"{photo.id}@{size}-{kind}-{severity}"
                 corrupted = CORRUPTIONS[kind](tensor, severity, case_seed(case_id))
-                image_bytes = encode_jpeg(Image.fromarray(corrupted.permute(1, 2, 0).numpy()), CAMERA_SAVE)
+                image_bytes = camera_save(corrupted)
                 yield (
                     PhotoCase(
                         case_id,
@@ -230,7 +238,7 @@ def fit_baseline(photos: Sequence[BuiltPhoto], folder: Path) -> HeuristicBaselin
             labels.append(0)
         for kind in KINDS:
             corrupted = CORRUPTIONS[kind](tensor, float(rng.uniform(1, 5)), int(rng.integers(2**31)))
-            features.append(baseline_features(encode_jpeg(Image.fromarray(corrupted.permute(1, 2, 0).numpy()), 92)))
+            features.append(baseline_features(camera_save(corrupted)))
             labels.append(1)
     return HeuristicBaseline().fit_features(np.stack(features), np.array(labels))
 
