@@ -21,6 +21,7 @@ import torch.nn.functional as nnf
 from captum.attr import LayerAttribution, LayerGradCam
 from PIL import Image, ImageDraw, ImageFont
 
+from detector.corruptions import to_pil
 from detector.model import CorruptionNet
 from detector.preprocessing import Views, normalise
 
@@ -68,7 +69,7 @@ def overlay_area(height: int, width: int) -> tuple[int, int]:
 
 def _view_pixels(image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """The uint8 CHW view resized to `size` (nearest when enlarging), as floats in [0, 1], HWC."""
-    view = Image.fromarray(image.permute(1, 2, 0).numpy())
+    view = to_pil(image)
     enlarging = size[0] >= view.width and size[1] >= view.height
     resample = Image.Resampling.NEAREST if enlarging else Image.Resampling.BILINEAR
     return np.asarray(view.resize(size, resample), dtype=np.float64) / 255

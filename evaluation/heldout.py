@@ -55,7 +55,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage import color, filters, util
 
-from detector.corruptions import Corruption
+from detector.corruptions import Corruption, from_pil, to_pil
 
 
 def _to_float(image: torch.Tensor) -> np.ndarray:
@@ -209,9 +209,8 @@ def _saturate(image: torch.Tensor, value: tuple[float, float]) -> torch.Tensor:
 def _pixelate(image: torch.Tensor, factor: float) -> torch.Tensor:
     """Pixelation: BOX downscale by `factor` and BOX upscale back (PIL)."""
     height, width = image.shape[-2:]
-    pil = Image.fromarray(image.permute(1, 2, 0).numpy())
-    small = pil.resize((max(1, int(width * factor)), max(1, int(height * factor))), Image.Resampling.BOX)
-    return torch.from_numpy(np.asarray(small.resize((width, height), Image.Resampling.BOX)).copy()).permute(2, 0, 1)
+    small = to_pil(image).resize((max(1, int(width * factor)), max(1, int(height * factor))), Image.Resampling.BOX)
+    return from_pil(small.resize((width, height), Image.Resampling.BOX))
 
 
 def _elastic_transform(image: torch.Tensor, value: tuple[float, float, float]) -> torch.Tensor:
