@@ -44,11 +44,10 @@ RUN read -ra pip_args <<< "${PIP_ARGS}" \
 # The archive is built here from the shipped weights, with the same code as `make archive`: it packs the
 # serving core (detector/) whole, with the handler.
 COPY detector/ /build/detector/
-COPY training/__init__.py training/archive.py /build/training/
 COPY handler/ /build/handler/
 COPY weights/model.pt /build/weights/model.pt
 WORKDIR /build
-RUN /opt/venv/bin/python -m training.archive --weights weights/model.pt --version 1.0 --out /build/model_store
+RUN /opt/venv/bin/python -m handler.archive --weights weights/model.pt --version 1.0 --out /build/model_store
 
 FROM ${BASE_IMAGE} AS runtime
 ARG PYTHON_VERSION=3.11.2-6+deb12u9

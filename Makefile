@@ -77,10 +77,10 @@ evaluate: install  ## photo + CIFAR robustness report for WEIGHTS -> test-artifa
 	$(BIN)/python -m evaluation.evaluate --model $(WEIGHTS) --photos $(PHOTOS) --cifar-test $(CIFAR_TEST) --reports $(REPORTS) --check
 
 archive: install  ## build model_store/corruption.mar (VERSION=2.0 -> corruption-2.0.mar) from WEIGHTS
-	$(BIN)/python -m training.archive --weights $(WEIGHTS) --version $(VERSION)
+	$(BIN)/python -m handler.archive --weights $(WEIGHTS) --version $(VERSION)
 
-$(MAR): $(INSTALLED) $(WEIGHTS) handler/corruption_handler.py handler/model-config.yaml $(wildcard detector/*.py) training/archive.py
-	$(BIN)/python -m training.archive --weights $(WEIGHTS) --version 1.0
+$(MAR): $(INSTALLED) $(WEIGHTS) $(wildcard handler/*.py) handler/model-config.yaml $(wildcard detector/*.py)
+	$(BIN)/python -m handler.archive --weights $(WEIGHTS) --version 1.0
 
 serve: $(MAR)  ## serve the default model in the foreground (Ctrl-C stops it)
 	mkdir -p $(TS_HOME)/tmp

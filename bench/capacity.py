@@ -22,7 +22,8 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from detector.paths import ROOT
+
 BASE = ROOT / "k8s" / "base"
 # kube-controller-manager's --horizontal-pod-autoscaler-tolerance default.
 TOLERANCE = 0.1

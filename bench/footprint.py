@@ -21,7 +21,7 @@ from bench.limits import MAX_BODY, MIB, encode, huge_decodes, max_body, phone_jp
 from bench.loadtest import Outcomes, Upload, closed_loop
 from bench.pod import Sampler, cpu_seconds, server_processes
 from bench.torchserve import TorchServe, serving_weights
-from training.archive import SHIPPED_WEIGHTS
+from detector.paths import SHIPPED_WEIGHTS
 
 # Headroom of the memory limit over the measured peak: allocator fragmentation, JVM heap growth, probe processes.
 LIMIT_MARGIN = 1.25

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from detector.inference import CorruptionDetector
+from detector.paths import SHIPPED_WEIGHTS
 from detector.preprocessing import image_bytes_to_views
-from training.archive import SHIPPED_WEIGHTS
 from training.corpus import installed_photo
 
 SIZES = ((64, 48), (320, 240), (1024, 768), (2048, 1536), (4000, 3000), (8000, 6000))

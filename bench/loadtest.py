@@ -39,7 +39,7 @@ import yaml
 from bench.limits import MIB, encode, huge_decodes, max_body, phone_jpeg, short_scan_jpeg, textured
 from bench.pod import Sampler
 from bench.torchserve import ROOT, TorchServe, serving_weights
-from training.archive import SHIPPED_WEIGHTS
+from detector.paths import SHIPPED_WEIGHTS
 
 # The answers the service may give at all under load: served, refused, too large, queue full.
 ALLOWED = {200, 400, 413, 503}

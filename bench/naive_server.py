@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from detector.decoding import BadImageError
 from detector.inference import CorruptionDetector, error_body
-from training.archive import SHIPPED_WEIGHTS
+from detector.paths import SHIPPED_WEIGHTS
 
 WEIGHTS = Path(os.environ.get("WEIGHTS", SHIPPED_WEIGHTS))
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 from bench.inputs import bad_images, good_images
 from bench.torchserve import TorchServe, serving_weights
-from training.archive import SHIPPED_WEIGHTS
+from detector.paths import SHIPPED_WEIGHTS
 from training.data import SUBSET
 
 

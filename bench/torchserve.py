@@ -15,9 +15,9 @@ from pathlib import Path
 
 import requests
 
-from training.archive import build_archive
+from detector.paths import ROOT
+from handler.archive import build_archive
 
-ROOT = Path(__file__).resolve().parent.parent
 TORCHSERVE = Path(sys.executable).with_name("torchserve")
 PORT_KEYS = ("inference_address", "management_address", "metrics_address")
 GRPC_PORT_KEYS = ("grpc_inference_port", "grpc_management_port")

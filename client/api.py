@@ -22,6 +22,8 @@ from pathlib import Path
 import requests
 from PIL import Image
 
+from detector.paths import SHIPPED_WEIGHTS
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 MODEL = "corruption"
 # Seconds to wait for one answer: a 50 MP photo queued behind a full batch still fits.
@@ -29,8 +31,6 @@ DEFAULT_TIMEOUT = 60.0
 # 503 (queue full, no worker yet) is retried this many times, waiting BACKOFF * 2**attempt seconds.
 DEFAULT_RETRIES = 4
 BACKOFF = 0.5
-# The shipped model, next to this package in a checkout (or an editable install).
-SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "model.pt"
 
 ImageInput = str | os.PathLike | bytes | bytearray | Image.Image
 

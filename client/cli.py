@@ -26,18 +26,16 @@ from client.api import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     DEFAULT_URL,
-    SHIPPED_WEIGHTS,
     Client,
     ClientError,
     LocalClient,
     Prediction,
     ServerUnreachable,
 )
+from detector.paths import IMAGE_SUFFIXES, SHIPPED_WEIGHTS
 
 # Exit codes (documented in --help and the README).
 OK, CORRUPTED_FOUND, USAGE, NOT_SCORED, UNREACHABLE = 0, 1, 2, 3, 4
-# Files a folder contributes (any file named explicitly is sent whatever its name).
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
 COLUMNS = ("file", "label", "confidence", "p_clean", "p_corrupted", "error")
 SERVER_ENV = "CORRUPTION_DETECT_SERVER"
 

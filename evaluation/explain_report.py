@@ -21,9 +21,9 @@ from PIL import Image
 from detector.corruptions import corrupt, from_pil, to_pil
 from detector.decoding import decode_image
 from detector.inference import CorruptionDetector
+from detector.paths import SHIPPED_WEIGHTS
 from detector.preprocessing import image_to_views
 from evaluation.photo_eval import camera_save
-from training.archive import SHIPPED_WEIGHTS
 from training.corpus import load_built
 from training.photo_data import at_long_side
 

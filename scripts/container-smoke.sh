@@ -297,7 +297,7 @@ smoke_baked_model() {
 smoke_mounted_store() {
     local name=corruption-smoke-volume store=$WORK/model_store began
     rm -rf "$store" "$WORK/archive"
-    "$VENV/python" -m training.archive --weights "$ROOT/weights/model.pt" --version 2.0 --out "$WORK/archive" >/dev/null
+    "$VENV/python" -m handler.archive --weights "$ROOT/weights/model.pt" --version 2.0 --out "$WORK/archive" >/dev/null
     mkdir -p "$store"
     mv "$WORK/archive/corruption-2.0.mar" "$store/corruption.mar"
     start_container "$name" --volume "$store:/app/model_store:ro"

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from bench.torchserve import TorchServe, running_torchserve
+from detector.paths import SHIPPED_WEIGHTS
+from handler.archive import build_archive
 from handler.corruption_handler import CorruptionHandler
 from tests.helpers import start_handler
 from training import train
-from training.archive import SHIPPED_WEIGHTS, build_archive
 from training.corpus import installed_photo, read_manifest
 from training.data import SUBSET, load_clean_images
 

@@ -10,8 +10,9 @@ import yaml
 from PIL import Image
 from ts.context import Context, RequestProcessor
 
+from detector.paths import SHIPPED_WEIGHTS
+from handler.archive import MODEL_CONFIG
 from handler.corruption_handler import CorruptionHandler
-from training.archive import MODEL_CONFIG, SHIPPED_WEIGHTS
 
 # Seconds any test waits for one HTTP answer from a local server.
 TIMEOUT = 60

@@ -6,7 +6,8 @@ import zipfile
 import pytest
 import yaml
 
-from training.archive import SHIPPED_WEIGHTS, archive_filename, core_modules, verify_archive
+from detector.paths import SHIPPED_WEIGHTS
+from handler.archive import archive_filename, core_modules, verify_archive
 
 
 def test_versions_get_their_own_file_names():

@@ -7,8 +7,8 @@ from bench.inputs import encode
 from detector.decoding import BadImageError
 from detector.explain import HEATMAP_CELLS
 from detector.inference import CorruptionDetector
+from detector.paths import SHIPPED_WEIGHTS
 from tests.test_preprocessing import gradient
-from training.archive import SHIPPED_WEIGHTS
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ from detector.model import (
     read_checkpoint,
     save_checkpoint,
 )
+from detector.paths import SHIPPED_WEIGHTS
 from detector.preprocessing import CROPS, image_to_views, normalise
 from tests.test_preprocessing import gradient
-from training.archive import SHIPPED_WEIGHTS
 
 
 @pytest.fixture(scope="module")

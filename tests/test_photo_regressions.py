@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from detector.inference import CorruptionDetector
-from training.archive import SHIPPED_WEIGHTS
+from detector.paths import SHIPPED_WEIGHTS
 from training.corpus import installed_photo
 from training.photo_data import encode_jpeg
 

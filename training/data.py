@@ -12,10 +12,10 @@ import torchvision.transforms.v2.functional as F
 from tqdm import tqdm
 
 from detector.decoding import decode_image
+from detector.paths import IMAGE_SUFFIXES, ROOT
 
 # The lossless CIFAR-10 subset laid beside the project (../shared/data): tests, benchmarks, CPU training.
-SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+SUBSET = ROOT.parent / "shared" / "data" / "cifar10-subset"
 CIFAR10 = "cifar10"
 SMALL_SIDE = 32
 

@@ -1,12 +1,13 @@
-"""Pack a checkpoint into a TorchServe model archive (.mar) with torch-model-archiver.
+"""Pack a checkpoint with this handler into a TorchServe model archive (.mar) with torch-model-archiver.
 
-python -m training.archive --weights weights/model.pt --version 1.0 --out model_store
+python -m handler.archive --weights weights/model.pt --version 1.0 --out model_store
 
 Version 1.0 (the default model) becomes model_store/corruption.mar; any other
 version becomes model_store/corruption-<version>.mar, all under the model name
 "corruption" so they register as versions of one model. The archive holds the
-weights, the handler, model-config.yaml and the whole `detector` package (the
-serving core), so the server runs the very code the model was trained with.
+weights, the handler with its sibling modules and model-config.yaml (this folder,
+less this packer), and the whole `detector` package (the serving core), so the
+server runs the very code the model was trained with.
 """
 
 import argparse
@@ -18,13 +19,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from detector.paths import ROOT, SHIPPED_WEIGHTS
+
 MODEL_NAME = "corruption"
 DEFAULT_VERSION = "1.0"
-ROOT = Path(__file__).resolve().parent.parent
-# The default model the project ships (MODEL_CARD.md).
-SHIPPED_WEIGHTS = ROOT / "weights" / "model.pt"
-HANDLER = ROOT / "handler" / "corruption_handler.py"
-MODEL_CONFIG = ROOT / "handler" / "model-config.yaml"
+HERE = Path(__file__).resolve().parent
+HANDLER = HERE / "corruption_handler.py"
+MODEL_CONFIG = HERE / "model-config.yaml"
 # The serving core, packed whole: what is served cannot drift from what the core imports.
 CORE = ROOT / "detector"
 
@@ -37,6 +38,11 @@ def archive_filename(version: str) -> str:
 def core_modules() -> list[Path]:
     """The serving core's source files, as packed into every archive."""
     return sorted(CORE.glob("*.py"))
+
+
+def handler_modules() -> list[Path]:
+    """The handler's sibling modules, packed beside it at the archive's top level: this folder but the packer."""
+    return sorted(path for path in HERE.glob("*.py") if path not in (HANDLER, Path(__file__).resolve()))
 
 
 def build_archive(weights: Path, version: str = DEFAULT_VERSION, out_dir: Path = ROOT / "model_store") -> Path:
@@ -53,6 +59,8 @@ def build_archive(weights: Path, version: str = DEFAULT_VERSION, out_dir: Path =
         package.mkdir(parents=True)
         for module in core_modules():
             shutil.copy2(module, package / module.name)
+        for module in handler_modules():
+            shutil.copy2(module, package.parent / module.name)
         private_tmp = Path(staging, "tmp")
         private_tmp.mkdir()
         subprocess.run(
@@ -89,7 +97,8 @@ def verify_archive(archive: Path, weights: Path) -> None:
     """Refuse an archive that lacks the weights (byte for byte), the handler, its config or any core module."""
     with zipfile.ZipFile(archive) as packed:
         names = set(packed.namelist())
-        expected = {weights.name, HANDLER.name, MODEL_CONFIG.name, *(f"{CORE.name}/{m.name}" for m in core_modules())}
+        expected = {weights.name, HANDLER.name, MODEL_CONFIG.name, *(m.name for m in handler_modules()),
+                    *(f"{CORE.name}/{m.name}" for m in core_modules())}  # fmt: skip
         missing = sorted(expected - names)
         if missing:
             raise RuntimeError(f"{archive} is incomplete: missing {', '.join(missing)}")
