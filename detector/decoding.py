@@ -1,7 +1,8 @@
 """Bytes -> upright 8-bit RGB image, or a refusal naming why: the first step of serving, training and evaluation.
 
-Headers are checked before any pixel is decoded (format allowlist, pixel limit, the memory the
-decode will take, JPEG scans too short for their declared size), so a bad or oversized upload is
+Headers are checked before any pixel is decoded (the container's segments, scans and PNG rows:
+detector.structure; format allowlist, pixel limit, the memory the decode will take, JPEG scans too
+short for their declared size), so a bad, oversized or costly upload is
 refused cheaply. Conversions to RGB work in bands of rows, so decoding one image never needs more
 than `decode_bytes` of it: the decoded buffer plus the RGB result. Packed into the model archive
 with the rest of `detector`.
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
+
+from detector.structure import StructureError, check_png_rows, check_structure
 
 # Refuse images declaring more pixels than this before decoding them: 50 MP covers
 # current phone cameras, and decoding bigger ones costs hundreds of MB per request.
@@ -104,6 +107,10 @@ def open_image(data: bytes) -> Image.Image:
     if not data:
         raise BadImageError("empty_body", "the request body is empty; send the image bytes")
     try:
+        check_structure(data)
+    except StructureError as error:
+        raise BadImageError(error.reason, str(error)) from error
+    try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as error:
         raise BadImageError("too_many_pixels", str(error)) from error
@@ -127,6 +134,11 @@ def open_image(data: bytes) -> Image.Image:
         )
     if image.format == "JPEG":
         check_jpeg_scan(image, data)
+    if image.format == "PNG":
+        try:
+            check_png_rows(data)
+        except StructureError as error:
+            raise BadImageError(error.reason, str(error)) from error
     return image
 
 

@@ -12,12 +12,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from PIL import Image
 
+from detector.budget import Work, refusal
 from detector.corruptions import TYPES
-from detector.decoding import BadImageError
+from detector.decoding import BadImageError, load_rgb, open_image
 from detector.explain import GradCamExplainer, explanation_body
 from detector.model import LABELS, is_corrupted, load_model
-from detector.preprocessing import Views, image_bytes_to_views
+from detector.preprocessing import Views, image_to_views
 
 
 @dataclass(frozen=True)
@@ -70,15 +72,28 @@ class CorruptionDetector:
         self.corruption_type = corruption_type
         self.crops = crops
 
-    def run(self, payloads: Sequence[bytes | BadImageError], explain: Sequence[bool] | None = None) -> list[Record]:
+    def run(
+        self,
+        payloads: Sequence[bytes | BadImageError],
+        explain: Sequence[bool] | None = None,
+        requests: Sequence[int] | None = None,
+    ) -> list[Record]:
         """One record per payload, in order: every good image answered, every bad one refused on its own.
 
         A payload may already be a BadImageError (an adapter found no image in the request): it
         passes through in place, so one bad request never costs the rest of the batch its answer.
-        `explain[i]` asks for an explanation of request i with its prediction.
+        `explain[i]` asks for an explanation of payload i with its prediction. `requests[i]` names the
+        request payload i came in (default: each payload is a request of its own): each request is held
+        to detector.budget, from the headers alone, before any of its pixels is decoded.
         """
         explain = list(explain) if explain is not None else [False] * len(payloads)
-        prepared = [self._prepare(payload) for payload in payloads]
+        requests = list(requests) if requests is not None else list(range(len(payloads)))
+        opened = [self._open(payload) for payload in payloads]
+        refusals = over_budget([image for image, _ in opened], explain, requests)
+        prepared = [
+            self._views(image, seconds, refusals.get(request))
+            for (image, seconds), request in zip(opened, requests, strict=True)
+        ]
         good = [index for index, (views, _) in enumerate(prepared) if isinstance(views, Views)]
         bodies = dict(zip(good, self.answer([prepared[i][0] for i in good], [explain[i] for i in good]), strict=True))
         return [
@@ -108,15 +123,46 @@ class CorruptionDetector:
                 bodies[index] = explanation_body(bodies[index], views[index].whole, heatmap, method, layer)
         return bodies
 
-    def _prepare(self, payload: bytes | BadImageError) -> tuple[Views | BadImageError, float | None]:
-        """Decode one payload into its views, timed; an error an adapter already found passes through untimed."""
+    def prepare(self, payload: bytes | BadImageError) -> tuple[Views | BadImageError, float | None]:
+        """One payload's views (or why it has none) and the seconds they took, outside any request's budget."""
+        return self._views(*self._open(payload), None)
+
+    @staticmethod
+    def _open(payload: bytes | BadImageError) -> tuple[Image.Image | BadImageError, float | None]:
+        """A payload's checked header (nothing decoded yet), timed; an adapter's error passes through untimed."""
         if isinstance(payload, BadImageError):
             return payload, None
         start = time.perf_counter()
         try:
-            views: Views | BadImageError = image_bytes_to_views(payload)
+            image: Image.Image | BadImageError = open_image(payload)
+        except BadImageError as error:
+            image = error
+        return image, time.perf_counter() - start
+
+    def _views(
+        self, image: Image.Image | BadImageError, seconds: float | None, refused: BadImageError | None
+    ) -> tuple[Views | BadImageError, float | None]:
+        """An opened image's views, unless it or its request was refused; the time adds to the header's."""
+        if isinstance(image, BadImageError) or refused is not None:
+            return (image if isinstance(image, BadImageError) else refused), seconds
+        start = time.perf_counter()
+        try:
+            views: Views | BadImageError = image_to_views(load_rgb(image))
             if not self.crops:
                 views = replace(views, crops=views.crops[:0], boxes=())
         except BadImageError as error:
             views = error
-        return views, time.perf_counter() - start
+        return views, (seconds or 0.0) + time.perf_counter() - start
+
+
+def over_budget(
+    images: Sequence[Image.Image | BadImageError], explain: Sequence[bool], requests: Sequence[int]
+) -> dict[int, BadImageError]:
+    """The requests whose images, explanations or declared pixels exceed detector.budget, with why."""
+    work: dict[int, Work] = {}
+    for image, wanted, request in zip(images, explain, requests, strict=True):
+        pixels = 0 if isinstance(image, BadImageError) else image.width * image.height
+        so_far = work.get(request, Work(0, 0, 0))
+        work[request] = Work(so_far.images + 1, so_far.pixels + pixels, so_far.explanations + int(wanted))
+    refused = {request: refusal(asked) for request, asked in work.items()}
+    return {request: error for request, error in refused.items() if error is not None}

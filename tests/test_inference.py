@@ -29,8 +29,8 @@ def test_records_keep_request_order_and_refusals_stay_in_place(detector):
 
 def test_crops_can_be_switched_off(detector):
     plain = CorruptionDetector(SHIPPED_WEIGHTS, crops=False)
-    assert len(plain._prepare(encode(gradient(1024, 768), "PNG"))[0].crops) == 0
-    assert len(detector._prepare(encode(gradient(1024, 768), "PNG"))[0].crops) > 0
+    assert len(plain.prepare(encode(gradient(1024, 768), "PNG"))[0].crops) == 0
+    assert len(detector.prepare(encode(gradient(1024, 768), "PNG"))[0].crops) > 0
 
 
 @pytest.mark.parametrize("size", [(640, 480), (480, 640), (1920, 1080), (32, 32)])

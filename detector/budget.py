@@ -1,0 +1,55 @@
+"""The work one request may ask for, counted from headers before any pixel is decoded.
+
+TorchServe hands a worker a dynamic batch of up to batchSize requests in one call and kills the worker
+when the call outlasts responseTimeout, failing every request in it. So every request is held to the
+same budget here, and one call's work is at most batchSize budgets by construction, whatever the
+requests are (a KServe body may carry many images, a plain one carries one):
+
+- images: MAX_IMAGES per request (each costs a pass of the model over its views);
+- pixels decoded: MAX_PIXELS per request, summed over its images as their headers declare them (one image
+  may have up to detector.decoding.MAX_PIXELS; the container walks of detector.structure bound the work
+  before the pixels);
+- explanations: MAX_EXPLANATIONS images per request (a Grad-CAM pass each, and about 40 KB of answer
+  each, so an answer stays far inside TorchServe's max_response_size).
+
+README "Reliability" states the budget beside the memory budget; `python -m bench.budget` measures the
+most expensive call that fits it on one core (the figure must stay well under responseTimeout).
+"""
+
+from dataclasses import dataclass
+
+from detector.decoding import BadImageError
+
+MAX_IMAGES = 64
+MAX_PIXELS = 100_000_000
+MAX_EXPLANATIONS = 8
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one request asks the worker to do."""
+
+    images: int
+    pixels: int
+    explanations: int
+
+
+def refusal(work: Work) -> BadImageError | None:
+    """Why a request over the budget is refused (a typed 400 before decoding), or None when it fits."""
+    if work.images > MAX_IMAGES:
+        return BadImageError(
+            "too_many_images", f"the request holds {work.images} images; at most {MAX_IMAGES} per request"
+        )
+    if work.explanations > MAX_EXPLANATIONS:
+        return BadImageError(
+            "too_many_explanations",
+            f"the request asks to explain {work.explanations} images; at most {MAX_EXPLANATIONS} per request "
+            "(ask for predictions of the rest)",
+        )
+    if work.pixels > MAX_PIXELS:
+        return BadImageError(
+            "too_much_work",
+            f"the request's images declare {work.pixels / 1e6:.0f} MP together; at most {MAX_PIXELS / 1e6:.0f} MP "
+            "per request: send fewer images per request",
+        )
+    return None
