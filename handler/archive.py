@@ -41,7 +41,8 @@ def core_modules() -> list[Path]:
 
 
 def handler_modules() -> list[Path]:
-    """The handler's sibling modules, packed beside it at the archive's top level: this folder but the packer."""
+    """The handler's sibling modules, packed as the `handler` package beside it (imported as handler.<module>, in
+    the archive as in this repository): this folder but the handler and the packer."""
     return sorted(path for path in HERE.glob("*.py") if path not in (HANDLER, Path(__file__).resolve()))
 
 
@@ -59,8 +60,9 @@ def build_archive(weights: Path, version: str = DEFAULT_VERSION, out_dir: Path =
         package.mkdir(parents=True)
         for module in core_modules():
             shutil.copy2(module, package / module.name)
+        (package.parent / HERE.name).mkdir()
         for module in handler_modules():
-            shutil.copy2(module, package.parent / module.name)
+            shutil.copy2(module, package.parent / HERE.name / module.name)
         private_tmp = Path(staging, "tmp")
         private_tmp.mkdir()
         subprocess.run(
@@ -97,8 +99,10 @@ def verify_archive(archive: Path, weights: Path) -> None:
     """Refuse an archive that lacks the weights (byte for byte), the handler, its config or any core module."""
     with zipfile.ZipFile(archive) as packed:
         names = set(packed.namelist())
-        expected = {weights.name, HANDLER.name, MODEL_CONFIG.name, *(m.name for m in handler_modules()),
-                    *(f"{CORE.name}/{m.name}" for m in core_modules())}  # fmt: skip
+        packed_modules = [f"{HERE.name}/{m.name}" for m in handler_modules()] + [
+            f"{CORE.name}/{m.name}" for m in core_modules()
+        ]
+        expected = {weights.name, HANDLER.name, MODEL_CONFIG.name, *packed_modules}
         missing = sorted(expected - names)
         if missing:
             raise RuntimeError(f"{archive} is incomplete: missing {', '.join(missing)}")

@@ -6,26 +6,31 @@ import json
 import logging
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.utils.util import list_classes_from_module
 
 from bench.inputs import bad_images, good_images
 from bench.torchserve import ROOT
+from detector.budget import MAX_IMAGES
 from detector.corruptions import TYPES
 from detector.decoding import BadImageError
 from handler import corruption_handler
-from handler.corruption_handler import (
-    MAX_IMAGES_PER_REQUEST,
-    decile,
-    hidden_parts,
-    parse_request,
-    request_bytes,
-)
+from handler.corruption_handler import decile
+from handler.protocols import hidden_parts, parse_request, request_bytes
 from tests.helpers import assert_prediction_schema, context, run_batch, start_handler
 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def nested(data: list, depth: int) -> list:
+    """`data` wrapped in `depth` more lists."""
+    for _ in range(depth):
+        data = [data]
+    return data
 
 
 def test_every_image_mode_gets_the_exact_schema(handler, subset):
@@ -122,7 +127,7 @@ def test_a_repeated_multipart_field_is_seen_from_the_body_length():
     with pytest.raises(BadImageError) as refused:
         request_bytes({"data": kept}, {**headers, "Content-Length": str(2 * one_part)})
     assert refused.value.reason == "multiple_files"
-    assert "data (repeated)" in refused.value.message
+    assert "'data' (repeated)" in refused.value.message
 
 
 def test_a_form_encoded_body_is_refused_with_how_to_send_it(subset):
@@ -189,7 +194,7 @@ def test_kserve_v1_explain_answers_explanations(handler, subset):
         ({"instances": []}, "invalid_kserve_request", "holds no image"),
         ({"instances": [5]}, "invalid_kserve_request", "instances[0] must be a base64 string"),
         ({"instances": ["not base64!"]}, "not_an_image", "instances[0] is text"),
-        ({"instances": ["aGVsbG8="] * (MAX_IMAGES_PER_REQUEST + 1)}, "too_many_images", "at most"),
+        ({"instances": ["aGVsbG8="] * (MAX_IMAGES + 1)}, "too_many_images", "at most"),
         ({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1], "data": [0.5]}]}, "invalid_kserve_request",
          'datatype "BYTES"'),
         ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": ["aGVsbG8="]}]},
@@ -200,7 +205,20 @@ def test_kserve_v1_explain_answers_explanations(handler, subset):
         ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGVsbG8="]}], "outputs": 5},
          "invalid_kserve_request", '"outputs" must be a list'),
         ({"inputs": "image"}, "invalid_kserve_request", "exactly one input"),
-        ({"inputs": [{"datatype": "BYTES", "shape": "x", "data": {}}]}, "invalid_kserve_request", "does not match"),
+        ({"inputs": [{"datatype": "BYTES", "shape": "x", "data": {}}]}, "invalid_kserve_request", 'needs a "name"'),
+        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": "x", "data": []}]}, "invalid_kserve_request",
+         "non-negative integers"),
+        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1, -1], "data": ["aGVsbG8="]}]},
+         "invalid_kserve_request", "non-negative integers"),
+        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [True], "data": ["aGVsbG8="]}]},
+         "invalid_kserve_request", "non-negative integers"),
+        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": nested(["aGVsbG8="], 900)}]},
+         "invalid_kserve_request", "nests deeper"),
+        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [10**6], "data": ["aGVsbG8="] * 10**6}]},
+         "too_many_images", "at most"),
+        ({"inputs": [{"name": "\u00e9\r\n" * 50, "datatype": "FP32", "shape": [1], "data": [1]}]},
+         "invalid_kserve_request", "'\\xe9\\r\\n"),
+        ({"instances": ["aGVsbG8="], "inputs": []}, "invalid_kserve_request", "not both"),
         ({"instances": [{"data": 5}]}, "invalid_kserve_request", "must be a base64 string"),
     ],
 )  # fmt: skip
@@ -209,6 +227,7 @@ def test_bad_kserve_requests_get_a_400_in_kserves_error_shape(handler, subset, b
     (refused, answered), statuses = run_batch(handler, [{"body": body}, {"body": good}])
     assert statuses == [400, 200], "one bad request never costs the others of its batch"
     assert refused["type"] == reason and message in refused["message"]
+    assert refused["message"].isascii() and len(refused["message"]) < 400, "client text is quoted short and escaped"
     assert refused["error"] == refused["message"] and refused["code"] == 400
     assert len(answered["predictions"]) == 1
 
@@ -267,3 +286,42 @@ def test_every_handler_metric_is_declared_and_carries_the_model_version(handler,
 def test_the_handler_module_defines_exactly_one_class():
     """TorchServe instantiates the handler module's only class and refuses a module with two."""
     assert list_classes_from_module(corruption_handler) == [corruption_handler.CorruptionHandler]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{" + b'"inputs": [' * 5000 + b"]" * 5000 + b"}",
+        b'{"inputs": [{"name": "x", "datatype": "BYTES", "shape": [' + b"9" * 5000 + b'], "data": []}]}',
+        b'{"instances": ["aGVsbG8="',
+        '{"inputs": "\u00e9"'.encode(),
+    ],
+    ids=["nested 5000 deep", "5000-digit shape", "cut short", "not ascii"],
+)
+def test_a_body_that_starts_like_json_but_does_not_parse_is_refused_as_invalid_json(body):
+    (refused,) = parse_request({"body": body}, {"Content-Type": "application/octet-stream"}).payloads
+    assert refused.reason == "invalid_json"
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=30))  # fmt: skip
+@settings(max_examples=300, deadline=None, derandomize=True)
+def test_parsing_any_json_value_never_raises(value):
+    for body in (value, {"inputs": [{"name": "i", "datatype": "BYTES", "shape": [1], "data": value}]},
+                 {"instances": value}, {"inputs": value, "outputs": value}, {"inputs": [value]}):  # fmt: skip
+        request = parse_request({"body": body}, {})
+        assert request.error is not None or request.payloads
+        refused = [payload for payload in request.payloads if isinstance(payload, BadImageError)]
+        assert "unreadable_request" not in {error.reason for error in refused}, "every body gets a typed answer"
+
+
+def test_status_lines_carry_a_fixed_phrase_whatever_the_client_sent(handler):
+    """TorchServe frames the phrase by its character count: only a fixed ASCII phrase is ever set."""
+    name = "\u00e9\r\nX-Injected: 1"
+    rows = [{"body": {"inputs": [{"name": name, "datatype": "FP32", "shape": [1], "data": [1]}]}},
+            {name: b"a", "data": b"b"}, {"body": b"\xff\xd8" + "\u00e9".encode()}]  # fmt: skip
+    batch = context([{"explain": "False"}] * len(rows))
+    bodies = handler.handle(rows, batch)
+    assert [batch.get_response_status(i) for i in range(len(rows))] == [(400, "Bad Request")] * len(rows)
+    assert all(body["message"].isascii() for body in bodies)
