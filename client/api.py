@@ -6,7 +6,8 @@
 `Client` talks to a running TorchServe over HTTP (retrying 503 with backoff); `LocalClient` runs
 the same inference core the handler runs (`detector.inference.CorruptionDetector`) in this process,
 with the shipped weights by default. Both answer `Prediction`s and raise (or, from `predict_many`
-with `return_errors=True`, return) typed `ClientError`s.
+with `return_errors=True`, return) typed `ClientError`s; each names its input (`source`: the file's path, or
+`images[i]` for the i-th of many images given as bytes or PIL images).
 """
 
 import io
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 from PIL import Image
@@ -37,30 +39,37 @@ ImageInput = str | os.PathLike | bytes | bytearray | Image.Image
 
 @dataclass(frozen=True)
 class Prediction:
-    """One answer: the API's {"label", "confidence", "probs"} (plus any extra fields in `body`)."""
+    """One answer: the API's {"label", "confidence", "probs"} (plus any extra fields in `body`), and the input it
+    answers (`source`: a path, `images[i]` among many, or None for one image given as bytes or a PIL image)."""
 
     label: str
     confidence: float
     probs: dict[str, float]
     body: dict = field(repr=False, compare=False)
+    source: str | None = field(default=None, compare=False)
 
     @property
     def corrupted(self) -> bool:
         return self.label == "corrupted"
 
     @classmethod
-    def from_body(cls, body: dict) -> "Prediction":
-        return cls(body["label"], body["confidence"], dict(body["probs"]), body)
+    def from_body(cls, body: dict, source: str | None = None) -> "Prediction":
+        return cls(body["label"], body["confidence"], dict(body["probs"]), body, source)
 
 
 class ClientError(Exception):
-    """An image that got no answer; `kind` is a stable machine-readable code (the API's error type)."""
+    """An image that got no answer; `kind` is a stable machine-readable code (the API's error type), `source` the
+    input it concerns (as Prediction.source), which the error's text starts with."""
 
-    def __init__(self, kind: str, message: str, status: int | None = None) -> None:
+    def __init__(self, kind: str, message: str, status: int | None = None, source: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.status = status
+        self.source = source
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.message}" if self.source else self.message
 
 
 class RefusedError(ClientError):
@@ -81,6 +90,24 @@ class RequestTimeout(ClientError, TimeoutError):
 
 class ServerUnreachable(ClientError, ConnectionError):
     """Nothing answers at the server's address."""
+
+
+def server_url(url: str) -> str:
+    """The server's base URL without a trailing slash; http:// when none is given (`127.0.0.1:8080`)."""
+    url = url.strip()
+    if "://" not in url:
+        url = f"http://{url}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{url!r} is not a server URL: give http://HOST:PORT (or HOST:PORT)")
+    return url.rstrip("/")
+
+
+def source_of(image: ImageInput, index: int | None = None) -> str | None:
+    """How messages name an input: a file's path, else its place among many (`images[3]`), else nothing."""
+    if isinstance(image, (str, os.PathLike)):
+        return os.fspath(image)
+    return None if index is None else f"images[{index}]"
 
 
 def image_bytes(image: ImageInput) -> bytes:
@@ -114,15 +141,16 @@ def error_from_response(response: requests.Response) -> ClientError:
 
 
 class _Ordered:
-    """predict_many's engine: run `call` on every item with bounded concurrency, yield results in input order."""
+    """predict_many's engine: run `call(item, source)` on every item with bounded concurrency, yield results in
+    input order."""
 
     @staticmethod
     def run(call, items: Iterable, concurrency: int, return_errors: bool) -> Iterator:
         window = max(1, concurrency) * 2  # in flight: enough to keep every slot busy, never the whole folder
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             pending: deque[Future] = deque()
-            for item in items:
-                pending.append(pool.submit(call, item))
+            for index, item in enumerate(items):
+                pending.append(pool.submit(call, item, source_of(item, index)))
                 if len(pending) >= window:
                     yield _Ordered.result(pending.popleft(), return_errors)
             while pending:
@@ -150,7 +178,7 @@ class Client:
         retries: int = DEFAULT_RETRIES,
         backoff: float = BACKOFF,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = server_url(url)
         self.endpoint = f"{self.url}/predictions/{model}" + (f"/{version}" if version else "")
         self.timeout = timeout
         self.retries = retries
@@ -172,7 +200,7 @@ class Client:
 
     def predict(self, image: ImageInput) -> Prediction:
         """The prediction for one image (file path, encoded bytes or PIL image); raises a ClientError if none."""
-        return Prediction.from_body(self.post(image_bytes(image)))
+        return self._predict(image, source_of(image))
 
     def predict_many(
         self, images: Iterable[ImageInput], concurrency: int = 4, return_errors: bool = False
@@ -182,7 +210,14 @@ class Client:
         A failed image raises its ClientError (the ones before it were yielded), or with
         `return_errors` takes its place in the output so that one bad file never ends the run.
         """
-        return _Ordered.run(self.predict, images, concurrency, return_errors)
+        return _Ordered.run(self._predict, images, concurrency, return_errors)
+
+    def _predict(self, image: ImageInput, source: str | None) -> Prediction:
+        try:
+            return Prediction.from_body(self.post(image_bytes(image)), source)
+        except ClientError as error:
+            error.source = source
+            raise
 
     def post(self, data: bytes) -> dict:
         """POST one image's bytes; retry 503 with exponential backoff (or the server's Retry-After)."""
@@ -232,7 +267,7 @@ class LocalClient:
         self.batch_size = batch_size
 
     def predict(self, image: ImageInput) -> Prediction:
-        result = self._score([image])[0]
+        result = self._score([image], [source_of(image)])[0]
         if isinstance(result, ClientError):
             raise result
         return result
@@ -243,13 +278,13 @@ class LocalClient:
         """Predictions in input order, `batch_size` images per forward pass (`concurrency` is unused here:
         torch already spreads one batch over the cores)."""
         batch: list[ImageInput] = []
-        for image in images:
+        for index, image in enumerate(images):
             batch.append(image)
             if len(batch) == self.batch_size:
-                yield from self._checked(self._score(batch), return_errors)
+                yield from self._checked(self._score(batch, start=index + 1 - len(batch)), return_errors)
                 batch = []
         if batch:
-            yield from self._checked(self._score(batch), return_errors)
+            yield from self._checked(self._score(batch, start=index + 1 - len(batch)), return_errors)
 
     @staticmethod
     def _checked(results: list, return_errors: bool) -> Iterator:
@@ -258,19 +293,22 @@ class LocalClient:
                 raise result
             yield result
 
-    def _score(self, images: list[ImageInput]) -> list[Prediction | ClientError]:
+    def _score(self, images: list[ImageInput], sources: list | None = None, start: int = 0) -> list:
+        """Predictions or errors for a batch; `sources` name its images (default: as the `start`-th of many on)."""
+        sources = sources or [source_of(image, start + offset) for offset, image in enumerate(images)]
         payloads: list = []
-        for image in images:
+        for image, source in zip(images, sources, strict=True):
             try:
                 payloads.append(image_bytes(image))
             except ClientError as error:
+                error.source = source
                 payloads.append(error)
         readable = [index for index, payload in enumerate(payloads) if isinstance(payload, bytes)]
         records = self.detector.run([payloads[index] for index in readable])
         for index, record in zip(readable, records, strict=True):
             payloads[index] = (
-                Prediction.from_body(record.body)
+                Prediction.from_body(record.body, sources[index])
                 if record.error is None
-                else RefusedError(record.error.reason, record.error.message, 400)
+                else RefusedError(record.error.reason, record.error.message, 400, sources[index])
             )
         return payloads

@@ -111,6 +111,34 @@ def test_nothing_to_score_exits_2(tmp_path):
     assert done.returncode == 2 and "no images found" in done.stderr
 
 
+def test_a_path_that_does_not_exist_exits_2_before_scoring(folder, tmp_path):
+    """As the README's exit codes say: a bad argument, not a file left unscored (3)."""
+    done = corruption_detect(str(folder / "a.png"), str(tmp_path / "missing.png"), "--local")
+    assert done.returncode == 2, done.stderr
+    assert f"{tmp_path / 'missing.png'}: no such file or folder" in done.stderr and done.stdout == ""
+
+
+def test_a_json_output_is_one_array_and_a_server_needs_no_scheme(torchserve, folder, tmp_path):
+    """`-o x.json` writes JSON (`.jsonl`: JSON Lines), and `--server HOST:PORT` means http://HOST:PORT."""
+    address = torchserve.inference.removeprefix("http://")
+    for name in ("one.json", "one.jsonl"):
+        done = corruption_detect(str(folder / "a.png"), "--server", address, "-o", str(tmp_path / name))
+        assert done.returncode == 0, done.stderr
+        assert "corruption-detect: 1 file in " in done.stderr
+    (record,) = json.loads((tmp_path / "one.json").read_text())
+    assert [record] == [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    assert record["file"] == str(folder / "a.png") and record["error"] is None
+    assert_same_answer({key: record[key] for key in ("label", "confidence", "probs")},
+                       server_answer(torchserve, folder / "a.png"))  # fmt: skip
+    empty = corruption_detect(str(folder / "notes.txt"), "--server", address, "--format", "json")
+    assert empty.returncode == 3 and json.loads(empty.stdout)[0]["error"]["type"] == "not_an_image"
+
+
+def test_a_server_url_of_another_scheme_is_a_usage_error(folder):
+    done = corruption_detect(str(folder / "a.png"), "--server", "ftp://127.0.0.1:8080")
+    assert done.returncode == 2 and "http://HOST:PORT" in done.stderr
+
+
 def test_csv_columns_are_documented():
     """The README documents these columns; a rename must update it."""
     header = io.StringIO()

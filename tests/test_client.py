@@ -20,6 +20,7 @@ from client import (
     RequestTimeout,
     ServerUnreachable,
 )
+from client.api import server_url
 from tests.helpers import TIMEOUT, assert_prediction_schema, assert_same_answer
 
 
@@ -68,6 +69,37 @@ def test_predict_many_raises_the_first_refusal_by_default(torchserve, subset):
     with pytest.raises(RefusedError) as refused:
         next(results)
     assert refused.value.kind == reason and refused.value.message
+
+
+def test_refusals_and_predictions_name_their_input(torchserve, local, subset, tmp_path):
+    """A path names itself; bytes and PIL images among many are `images[i]`; a refusal's text starts with it."""
+    good, (bad, reason) = good_images(subset)["png"], bad_images(subset)["random_bytes"]
+    (tmp_path / "good.png").write_bytes(good)
+    (tmp_path / "bad.png").write_bytes(bad)
+    for client in (Client(torchserve.inference), local):
+        results = list(client.predict_many([tmp_path / "good.png", good, bad, str(tmp_path / "bad.png")],
+                                           return_errors=True))  # fmt: skip
+        assert [result.source for result in results] == [str(tmp_path / "good.png"), "images[1]", "images[2]",
+                                                         str(tmp_path / "bad.png")]  # fmt: skip
+        assert [type(result) for result in results] == [Prediction, Prediction, RefusedError, RefusedError]
+        assert str(results[2]) == f"images[2]: {results[2].message}" and results[2].kind == reason
+        with pytest.raises(RefusedError, match=r"^images\[1\]: "):
+            list(client.predict_many([good, bad]))
+        with pytest.raises(RefusedError) as refused:
+            client.predict(tmp_path / "bad.png")
+        assert str(refused.value).startswith(f"{tmp_path / 'bad.png'}: ")
+        assert client.predict(good).source is None
+
+
+def test_a_server_url_needs_no_scheme(torchserve, subset):
+    """`127.0.0.1:8080` means http://127.0.0.1:8080; another scheme is refused when the client is made."""
+    address = torchserve.inference.removeprefix("http://")
+    assert Client(address).predict(good_images(subset)["png"]).label in ("clean", "corrupted")
+    assert server_url(" 127.0.0.1:8080/ ") == "http://127.0.0.1:8080"
+    assert server_url("https://detector.example:443") == "https://detector.example:443"
+    for wrong in ("ftp://127.0.0.1:8080", "http://"):
+        with pytest.raises(ValueError, match="not a server URL"):
+            Client(wrong)
 
 
 def test_a_server_that_is_down_is_unreachable(subset):
