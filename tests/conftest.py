@@ -42,11 +42,12 @@ TINY_TRAINING = [
     "--calibration-samples",
     "32",
 ]
-# A corpus of test-split photos the test environment has installed anyway (no download), split afresh.
+# A corpus of test-split photos the test environment has installed anyway (no download), split afresh by source
+# (package), as training and calibration require.
 MINI_CORPUS = {
-    "train": ("scikit-image--astronaut", "scikit-image--rocket", "scikit-learn--china"),
-    "val": ("scikit-learn--flower", "scikit-image--motorcycle-left"),
-    "test": ("scikit-image--coffee", "scikit-image--chelsea"),
+    "train": ("scikit-image--astronaut", "scikit-image--rocket", "scikit-image--coffee", "scikit-image--chelsea"),
+    "val": ("scikit-learn--flower", "scikit-learn--china"),
+    "test": ("matplotlib--grace-hopper",),
 }
 
 # Any test using one of these fixtures runs a real server or builds archives with torch-model-archiver.

@@ -1,22 +1,31 @@
 """Training samples are made the way the server sees images: whole views in batches of one shape, native crops on
 the JPEG grid, CIFAR images; each sample a function of (seed, stream, index) alone."""
 
+import json
+from dataclasses import asdict
+
 import pytest
 import torch
 
 from detector.corruptions import CORRUPTIONS, KIND_TYPES, SAMPLE_KINDS
 from detector.model import CROP_TYPES, FINE_TYPES
 from detector.preprocessing import CROP_SIZE, GLOBAL_SIDE
-from training.corpus import load_built
+from training.corpus import BuiltPhoto, load_built
 from training.photo_data import (
     CROP_KINDS,
     CifarSamples,
     CropSamples,
     PhotoSet,
+    SharedSourceError,
     ViewBatches,
     WholeViewSamples,
+    check_split_by_group,
     clean_variants,
+    load_split,
+    photo_group,
     photo_sizes,
+    photo_tags,
+    shared_groups,
 )
 
 
@@ -72,3 +81,35 @@ def test_clean_variants_are_jpegs_at_both_qualities(mini_corpus):
     variants = clean_variants(str(mini_corpus / photo.file))
     assert len(variants) == 2 * len(photo_sizes(photo.width, photo.height))
     assert all(data[:2] == b"\xff\xd8" for data in variants)
+
+
+def built(photo_id: str, split: str, package: str, group: str = "", tags: tuple[str, ...] = ()) -> BuiltPhoto:
+    source = f"debian:{package}=1.0:usr/share/{photo_id}.jpg"
+    return BuiltPhoto(
+        photo_id, split, f"{split}/{photo_id}.jpg", 640, 480, 92, "0" * 16, False, source, "", group, tags
+    )
+
+
+def test_a_photos_group_is_its_photographer_where_known_else_its_package():
+    assert photo_group(built("a", "train", "kphotoalbum", group="kphotoalbum:Ann")) == "kphotoalbum:Ann"
+    assert photo_group(built("b", "train", "@vladmandic/face-api")) == "@vladmandic/face-api"
+    assert photo_tags(built("c", "test", "p", tags=("macro", "night"))) == ("macro", "night")
+
+
+def test_a_corpus_split_by_photo_is_refused_and_one_split_by_source_is_not():
+    by_source = [built("a", "train", "p"), built("b", "val", "q"), built("c", "test", "p", group="r")]
+    check_split_by_group(by_source)
+    by_photo = [*by_source, built("d", "test", "q")]
+    assert shared_groups(by_photo) == {"q": ["val", "test"]}
+    with pytest.raises(SharedSourceError, match="q in val, test"):
+        check_split_by_group(by_photo)
+
+
+def test_splits_load_only_from_a_corpus_split_by_source_less_a_folds_group(tmp_path):
+    photos = [built("a", "train", "p"), built("b", "train", "q"), built("c", "val", "r")]
+    (tmp_path / "manifest.json").write_text(json.dumps([asdict(photo) for photo in photos]))
+    assert [p.id for p in load_split(tmp_path, "train")] == ["a", "b"]
+    assert [p.id for p in load_split(tmp_path, "train", exclude_groups=["q"])] == ["a"]
+    (tmp_path / "manifest.json").write_text(json.dumps([asdict(p) for p in [*photos, built("d", "test", "p")]]))
+    with pytest.raises(SharedSourceError):
+        load_split(tmp_path, "val")

@@ -11,7 +11,7 @@ import torch
 
 from bench.torchserve import ROOT
 from detector.model import load_model, read_checkpoint
-from tests.conftest import TINY_TRAINING
+from tests.conftest import MINI_CORPUS, TINY_TRAINING
 from training import train
 from training.calibrate import TEMPERATURE_BOUNDS
 
@@ -29,7 +29,10 @@ def test_training_writes_a_calibrated_checkpoint_and_its_history(trained):
         assert math.isfinite(calibration[name])
         assert float(getattr(model, name)) == pytest.approx(calibration[name], abs=1e-4)
     assert set(calibration["validation_clean_fpr"]) == {"photos", "small images"}
-    assert read_checkpoint(trained / "model.pt")["metadata"]["calibration"] == calibration
+    metadata = read_checkpoint(trained / "model.pt")["metadata"]
+    assert metadata["calibration"] == calibration
+    assert metadata["training_photos"] == dict.fromkeys(MINI_CORPUS["train"], "scikit-image"), "what it learnt from"
+    assert calibration["validation_photos"] == dict.fromkeys(MINI_CORPUS["val"], "scikit-learn")
     assert not (trained / "train_state.pt").exists(), "the resumable state is removed when the run ends"
 
 

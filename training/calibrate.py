@@ -31,9 +31,18 @@ import torch
 from detector.corruptions import to_pil
 from detector.model import CorruptionNet, load_model, read_checkpoint, save_checkpoint
 from detector.preprocessing import Views, image_bytes_to_views, image_to_views
-from training.corpus import BuiltPhoto, load_built
+from training.corpus import BuiltPhoto
 from training.data import split_cifar
-from training.photo_data import CifarSamples, CropSamples, PhotoSet, ViewBatches, WholeViewSamples, clean_variants
+from training.photo_data import (
+    CifarSamples,
+    CropSamples,
+    PhotoSet,
+    ViewBatches,
+    WholeViewSamples,
+    clean_variants,
+    load_split,
+    photo_group,
+)
 
 # Beyond these a temperature means the validation split could not tell anything apart (T -> infinity: every
 # answer 0.5) or was separated perfectly (T -> 0: every answer 0 or 1); either way, stop at the bound.
@@ -149,6 +158,8 @@ def calibrate(
         "target_fpr": target_fpr,
         "validation_clean_fpr": {name: float((m + offsets[name] > 0).float().mean()) for name, m in clean.items()},
         "validation_clean_images": {name: len(m) for name, m in clean.items()},
+        # The photos it was calibrated on, by source group: the evaluation holds out every other group.
+        "validation_photos": {photo.id: photo_group(photo) for photo in photos},
     }
 
 
@@ -179,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-fpr", type=float, default=0.015, help="validation clean false-positive rate")
     args = parser.parse_args(argv)
     _, cifar_validation = split_cifar(args.cifar, args.cifar_val_fraction, args.seed)
-    validation = load_built(args.photos, "val")
+    validation = load_split(args.photos, "val")
     cpu = torch.device("cpu")
     calibration = calibrate_checkpoint(args.model, validation, str(args.photos), cifar_validation, args.target_fpr, cpu)
     print(json.dumps(calibration))

