@@ -58,6 +58,11 @@ def score(
     return Scores(*(torch.cat(column) for column in zip(*parts, strict=True)))
 
 
+def balanced_accuracy(clean_flagged: float, damage_caught: float) -> float:
+    """Right on clean images and on damaged ones, the two weighted equally, however many there are of each."""
+    return (1 - clean_flagged + damage_caught) / 2
+
+
 def _rate(mask: torch.Tensor, flagged: torch.Tensor) -> float:
     return float(flagged[mask].float().mean()) if mask.any() else float("nan")
 
@@ -83,12 +88,10 @@ def summarise(scores: Scores, names: tuple[str, ...] = KINDS) -> dict:
     detection = {names[k - 1]: _rate(scores.kind == k, flagged) for k in kinds}
     target = torch.isin(scores.severity, torch.tensor(TARGET_SEVERITIES))
     false_positive_rate = _rate(clean, flagged)
-    present = [rate for rate in detection.values() if rate == rate]  # kinds absent from a tiny set are NaN
-    mean_detection = sum(present) / len(present)
     return {
         "samples": len(flagged),
         "accuracy": float((flagged == scores.label.bool()).float().mean()),
-        "balanced_accuracy": (1 - false_positive_rate + mean_detection) / 2,
+        "balanced_accuracy": balanced_accuracy(false_positive_rate, _rate(~clean, flagged)),
         "clean_false_positive_rate": false_positive_rate,
         # [[clean kept, clean flagged], [corrupted missed, corrupted caught]]
         "confusion": [
