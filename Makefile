@@ -3,7 +3,15 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+# One .venv whose install level grows: `make serve` installs serving's requirements only (requirements.txt);
+# `make install` (and test, train, evaluate, bench...) adds training, evaluation and development ones.
+SERVING := $(VENV)/.serving
 INSTALLED := $(VENV)/.installed
+# Where torch and torchvision come from: empty for pip's configured index (on x86_64 Linux the CUDA build, ~4 GB of
+# CUDA libraries), or an index URL such as PyTorch's CPU wheel index or your mirror of it:
+# `make serve TORCH_INDEX=<url>` (only those two packages; the rest as usual; as the Dockerfile's TORCH_INDEX).
+TORCH_INDEX ?=
 
 WEIGHTS ?= weights/model.pt
 VERSION ?= 1.0
@@ -54,14 +62,19 @@ OUT ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-install: $(INSTALLED)  ## create .venv with the pinned dependencies (idempotent)
+install: $(INSTALLED)  ## create .venv with every pinned dependency: serving, training, evaluation, tests (idempotent)
 
-$(INSTALLED): requirements.txt requirements-dev.txt requirements-train.txt pyproject.toml
+$(SERVING): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r requirements-train.txt
+	$(if $(TORCH_INDEX),$(PIP) --no-deps --index-url $(TORCH_INDEX) $$(grep -E '^(torch|torchvision)==' requirements.txt))
+	$(PIP) -r requirements.txt
 	@# The project itself, editable: the corruption-detect command in .venv/bin (its dependencies are pinned above).
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PIP) --no-deps --no-build-isolation -e .
+	touch $@
+
+$(INSTALLED): $(SERVING) requirements-train.txt requirements-eval.txt requirements-dev.txt
+	$(PIP) -r requirements.txt -r requirements-eval.txt -r requirements-dev.txt
+	$(PIP) --no-deps --require-hashes -r requirements-train.txt
 	touch $@
 
 PHOTOS ?= data/photos
@@ -79,23 +92,28 @@ train: install  ## train on the photo corpus (make photos) and CIFAR [EXTRA_CIFA
 evaluate: install  ## photo + CIFAR robustness report for WEIGHTS -> test-artifacts/reports (REPORTS=reports: the committed one); fails on unmet targets
 	$(BIN)/python -m evaluation.evaluate --model $(WEIGHTS) --photos $(PHOTOS) --cifar-test $(CIFAR_TEST) --reports $(REPORTS) --check
 
-archive: install  ## build model_store/corruption.mar (VERSION=2.0 -> corruption-2.0.mar) from WEIGHTS
+archive: $(SERVING)  ## build model_store/corruption.mar (VERSION=2.0 -> corruption-2.0.mar) from WEIGHTS
 	$(BIN)/python -m handler.archive --weights $(WEIGHTS) --version $(VERSION)
 
-$(MAR): $(INSTALLED) $(WEIGHTS) $(wildcard handler/*.py) handler/model-config.yaml $(wildcard detector/*.py)
+$(MAR): $(SERVING) $(WEIGHTS) $(wildcard handler/*.py) handler/model-config.yaml $(wildcard detector/*.py)
 	$(BIN)/python -m handler.archive --weights $(WEIGHTS) --version 1.0
 
-serve: $(MAR)  ## serve the default model in the foreground (Ctrl-C stops it)
+# Polls the management API until the model has a READY worker (/ping answers long before), then says so; gives up
+# after 4 minutes, or at once when the process $(1) (if given) is gone.
+WAIT_READY = for i in $$(seq 240); do \
+	    curl -sf $(MANAGEMENT)/models/corruption | grep -q '"READY"' && { echo "TorchServe is ready on $(INFERENCE)"; exit 0; }; \
+	    $(if $(1),kill -0 $(1) 2>/dev/null || exit 1;) sleep 1; done; echo "TorchServe did not become ready; see $(TS_HOME)/logs" >&2; exit 1
+
+serve: $(MAR)  ## serve the default model in the foreground, say when it is ready (Ctrl-C stops it)
 	mkdir -p $(TS_HOME)/tmp
-	$(TS_ENV) exec $(BIN)/torchserve --start --foreground $(TS_ARGS)
+	@# The waiter runs beside the server: the shell's PID ($$$$) becomes TorchServe's once exec'ed.
+	@server=$$$$; ( $(call WAIT_READY,$$server) ) & $(TS_ENV) exec $(BIN)/torchserve --start --foreground $(TS_ARGS)
 
 start: $(MAR)  ## start TorchServe in the background and wait until the model answers
 	mkdir -p $(TS_HOME)/tmp
 	@# The server's console goes to a file: the background java must not hold the caller's stdout open.
 	$(TS_ENV) $(BIN)/torchserve --start $(TS_ARGS) > $(TS_HOME)/console.log 2>&1
-	@for i in $$(seq 240); do \
-	    curl -sf $(MANAGEMENT)/models/corruption | grep -q '"READY"' && { echo "TorchServe is ready on $(INFERENCE)"; exit 0; }; \
-	    sleep 1; done; echo "TorchServe did not become ready; see $(TS_HOME)/logs" >&2; exit 1
+	@$(WAIT_READY)
 
 stop:  ## stop the background TorchServe and wait until it is gone
 	@if [ -f $(TS_HOME)/tmp/.model_server.pid ]; then $(TS_ENV) $(BIN)/torchserve --stop --foreground; \
@@ -106,7 +124,7 @@ web:  ## serve the web page on 127.0.0.1:WEB_PORT (8000), the origin `make serve
 	@echo "Open $(ORIGIN)/?server=$(INFERENCE)"
 	$(PYTHON) -m http.server $(WEB_PORT) --bind 127.0.0.1 --directory web
 
-predict: install  ## score images on the running server: make predict FILES="photo.jpg photos/" [OUT=scores.csv] [LOCAL=1: no server]
+predict: $(SERVING)  ## score images on the running server: make predict FILES="photo.jpg photos/" [OUT=scores.csv] [LOCAL=1: no server]
 	@test -n "$(FILES)" || { echo "usage: make predict FILES='photo.jpg photos/' [OUT=scores.csv] [LOCAL=1]" >&2; exit 2; }
 	$(BIN)/corruption-detect $(if $(LOCAL),--local,--server $(INFERENCE)) $(if $(OUT),--output "$(OUT)") $(FILES)
 

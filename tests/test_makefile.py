@@ -1,11 +1,16 @@
-"""The Makefile as a user runs it: ports and the page's origin from one variable, two checkouts serving side by side
-on one host, and a folder scored into a CSV with one command, without a server."""
+"""The Makefile as a user runs it: `make serve` installing serving's requirements only and saying when the model
+answers, ports and the page's origin from one variable, two checkouts serving side by side on one host, and a folder
+scored into a CSV with one command, without a server."""
 
+import contextlib
 import csv
+import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,10 +26,15 @@ NOT_COPIED = (".git", ".venv", ".torchserve", "test-artifacts", "data", "checkpo
               ".hypothesis", ".pytest_cache", ".ruff_cache", "*.egg-info")  # fmt: skip
 
 
+# The virtual environment counts as installed at every level (`-o`): a copy shares this one's, and reinstalling
+# from a copy would point the editable install at it.
+INSTALLED = ("-o", ".venv/.serving", "-o", ".venv/.installed")
+REQUIREMENTS = ("requirements.txt", "requirements-train.txt", "requirements-eval.txt", "requirements-dev.txt")
+
+
 def make(checkout: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`make args` in a checkout. The virtual environment counts as installed (`-o`): a copy shares this one's,
-    and reinstalling from a copy would point the editable install at it."""
-    command = ["make", "--no-print-directory", "-o", ".venv/.installed", *args]
+    """`make args` in a checkout, its virtual environment taken as installed."""
+    command = ["make", "--no-print-directory", *INSTALLED, *args]
     return subprocess.run(command, cwd=checkout, capture_output=True, text=True, timeout=timeout)
 
 
@@ -84,6 +94,68 @@ def test_two_checkouts_serve_side_by_side_on_their_own_ports(two_checkouts, subs
         assert "corruption_predictions_total" in metrics.text
         models = requests.get(f"http://127.0.0.1:{base + 1}/models/corruption", timeout=TIMEOUT)
         assert models.json()[0]["modelVersion"] == "1.0"
+
+
+def pip_lines(*args: str) -> list[str]:
+    """The pip commands that would build `.venv` to a level from nothing (`make -n -B`: printed, not run)."""
+    done = subprocess.run(["make", "--no-print-directory", "-n", "-B", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [line for line in done.stdout.splitlines() if " pip install " in line]
+
+
+def test_make_serve_installs_serving_requirements_only_and_make_test_all_of_them():
+    serving = pip_lines(".venv/.serving")
+    assert not any(name in line for line in serving for name in REQUIREMENTS[1:]), serving
+    assert any("-r requirements.txt" in line for line in serving)
+    everything = " ".join(pip_lines(".venv/.installed"))
+    assert all(f"-r {name}" in everything for name in REQUIREMENTS)
+    assert "-r requirements-dev.txt" in " ".join(pip_lines("test"))
+
+
+def test_a_torch_index_is_used_for_torch_and_torchvision_only():
+    """`make serve TORCH_INDEX=<url>` (a CPU wheel index): torch and torchvision at requirements.txt's pins from
+    there, everything else from pip's configured index."""
+    (torch_line,) = [line for line in pip_lines(".venv/.serving", "TORCH_INDEX=file:///wheels") if "file:///" in line]
+    assert "--index-url file:///wheels" in torch_line and "--no-deps" in torch_line
+    pins = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("torch")]
+    assert "$(grep -E '^(torch|torchvision)==' requirements.txt)" in torch_line
+    assert {pin.split("==")[0] for pin in pins} >= {"torch", "torchvision"}
+    assert not [line for line in pip_lines(".venv/.serving") if "--index-url" in line]
+
+
+@pytest.fixture
+def serving(model_store, tmp_path) -> Iterator[tuple[subprocess.Popen, Path, int]]:
+    """`make serve PORT=...` in a checkout, its output in a file; Ctrl-C (SIGINT to the group), then SIGKILL."""
+    copy = checkout(ROOT, tmp_path / "serve", model_store / "corruption.mar")
+    base = free_base(set())
+    output = tmp_path / "serve.log"
+    with output.open("wb") as log:
+        process = subprocess.Popen(["make", "--no-print-directory", *INSTALLED, "serve", f"PORT={base}"], cwd=copy,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        yield process, output, base
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_make_serve_says_when_the_model_answers(serving, subset):
+    process, output, base = serving
+    ready = f"TorchServe is ready on http://127.0.0.1:{base}"
+    deadline = time.monotonic() + 300
+    while ready not in output.read_text(errors="replace"):
+        assert process.poll() is None, output.read_text(errors="replace")[-3000:]
+        assert time.monotonic() < deadline, output.read_text(errors="replace")[-3000:]
+        time.sleep(0.5)
+    response = requests.post(f"http://127.0.0.1:{base}/predictions/corruption", data=good_images(subset)["png"],
+                             timeout=TIMEOUT)  # fmt: skip
+    assert response.status_code == 200, response.text
+    assert output.read_text(errors="replace").count(ready) == 1
 
 
 def test_make_web_serves_the_page_at_the_origin_its_server_allows():
