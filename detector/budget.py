@@ -5,12 +5,14 @@ when the call outlasts responseTimeout, failing every request in it. So every re
 same budget here, and one call's work is at most batchSize budgets by construction, whatever the
 requests are (a KServe body may carry many images, a plain one carries one):
 
-- images: MAX_IMAGES per request (each costs a pass of the model over its views);
+- images: MAX_IMAGES per request (each costs a pass of the model over its views: about 80 ms on one core
+  for a photo's whole view and crops, so 64 images a request made a call of 8 such requests cost ~40 s);
 - pixels decoded: MAX_PIXELS per request, summed over its images as their headers declare them (one image
   may have up to detector.decoding.MAX_PIXELS; the container walks of detector.structure bound the work
   before the pixels);
-- explanations: MAX_EXPLANATIONS images per request (a Grad-CAM pass each, and about 40 KB of answer
-  each, so an answer stays far inside TorchServe's max_response_size).
+- explanations: MAX_EXPLANATIONS images per request (a Grad-CAM pass each, 0.1-0.4 s, and 30-120 KB of
+  answer each, so an answer stays far inside TorchServe's max_response_size; 64 made 12 MB and killed the
+  worker).
 
 README "Reliability" states the budget beside the memory budget; `python -m bench.budget` measures the
 most expensive call that fits it on one core (the figure must stay well under responseTimeout).
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 from detector.decoding import BadImageError
 
-MAX_IMAGES = 64
+MAX_IMAGES = 16
 MAX_PIXELS = 100_000_000
 MAX_EXPLANATIONS = 8
 

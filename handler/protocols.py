@@ -221,7 +221,9 @@ def _image_or_error(text: object, where: str) -> bytes | BadImageError:
 
 def kserve_body(value: object) -> dict | None:
     """The body as a JSON object if it is a KServe v1 or v2 request, else None."""
-    body = value if isinstance(value, dict) else _json_object(value) if isinstance(value, (bytes, str)) else None
+    # TorchServe hands raw bodies over as bytearray (a body it could not parse as JSON too).
+    text = isinstance(value, (bytes, bytearray, str))
+    body = value if isinstance(value, dict) else _json_object(value) if text else None
     return body if body is not None and ({"instances", "inputs"} & set(body)) else None
 
 

@@ -299,7 +299,7 @@ def test_the_handler_module_defines_exactly_one_class():
     ids=["nested 5000 deep", "5000-digit shape", "cut short", "not ascii"],
 )
 def test_a_body_that_starts_like_json_but_does_not_parse_is_refused_as_invalid_json(body):
-    (refused,) = parse_request({"body": body}, {"Content-Type": "application/octet-stream"}).payloads
+    (refused,) = parse_request({"body": bytearray(body)}, {"Content-Type": "application/octet-stream"}).payloads
     assert refused.reason == "invalid_json"
 
 
