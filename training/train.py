@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     if rank == 0:
         print(
             f"training {args.backbone} on {world_size} x {device}: {len(photos.native)} photos, "
-            f"{len(cifar_train)} CIFAR images; budget {args.minutes or 0:g} min / {args.steps or 0} steps"
+            f"{len(cifar_train)} CIFAR images; budget "
+            + (f"{args.steps} steps" if args.steps else f"{args.minutes:g} min")
         )
 
     args.out.mkdir(parents=True, exist_ok=True)
