@@ -30,6 +30,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,11 +115,8 @@ def closed_loop(url: str, clients: list[list[Upload]], seconds: float) -> Outcom
                 outcome = post(session, url, upload)
                 outcomes.add(upload, outcome, time.perf_counter() - started)
 
-    threads = [threading.Thread(target=client, args=(i, uploads)) for i, uploads in enumerate(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(max_workers=len(clients)) as pool:
+        list(pool.map(client, range(len(clients)), clients))  # list(): a client's exception is raised here
     return outcomes
 
 

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -111,11 +112,8 @@ def http_load(url: str, payloads: list[bytes], concurrency: int, seconds: float)
                     failures[0] += not ok
 
     began = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(index,)) for index in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(client, range(concurrency)))  # list(): a client's exception is raised here
     cuts = statistics.quantiles(latencies, n=100)
     return {
         "rate": len(latencies) / (time.perf_counter() - began),  # answered images per second

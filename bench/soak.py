@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -63,11 +64,8 @@ def run_load(
                 with lock:
                     outcomes[outcome] += 1
 
-    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(client, range(concurrency)))  # list(): a client's exception is raised here
     return outcomes
 
 
