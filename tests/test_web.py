@@ -27,6 +27,7 @@ from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
 from bench.inputs import encode, sample_rgb
 from bench.torchserve import ROOT, free_port
+from detector.corruptions import TYPES
 from tests.helpers import heavy_noise
 from training.data import find_images
 
@@ -224,10 +225,18 @@ def test_a_file_the_server_refuses_shows_its_4xx_message(torchserve, page):
 
 
 def test_a_server_that_is_down_gets_a_clear_message(page, clean_and_corrupted):
-    down = f"http://127.0.0.1:{free_port()}"
-    open_page(page, down)
+    """It says how the project starts a server that allows this page: the same PORT for both, or ORIGIN=."""
+    port = free_port()
+    open_page(page, f"127.0.0.1:{port}")  # no scheme: http:// as in the Python client
     page.set_input_files("#file", clean_and_corrupted[0])
-    expect(page.locator("#error")).to_have_text(re.compile(f"Cannot reach TorchServe at {down}. Is it running?"))
+    expect(page.locator("#error")).to_have_text(re.compile(
+        rf"Cannot reach TorchServe at http://127.0.0.1:{port}\. Is it running \(make serve\)\? .*"
+        rf"make serve PORT={port}, then make web PORT={port}.* make serve ORIGIN={re.escape(ORIGIN)}"))  # fmt: skip
+
+
+def test_the_page_names_every_damage_family():
+    intro = re.search(r'<p class="intro">(.*?)</p>', (ROOT / "web" / "index.html").read_text(), re.S)[1]
+    assert [family for family in TYPES[1:] if family not in intro] == []
 
 
 def test_cors_lets_only_the_configured_origin_read_answers(torchserve, page, origins, clean_and_corrupted):
@@ -239,4 +248,6 @@ def test_cors_lets_only_the_configured_origin_read_answers(torchserve, page, ori
     assert preflight.headers["access-control-allow-origin"] == ORIGIN
     open_page(page, torchserve.inference, other)
     page.set_input_files("#file", clean_and_corrupted[0])
-    expect(page.locator("#error")).to_have_text(re.compile(f"must be this page's origin, {other}"))
+    expect(page.locator("#error")).to_have_text(
+        re.compile(rf"it must allow this page's origin, {other}: .* make serve ORIGIN={re.escape(other)}\.$")
+    )

@@ -1,5 +1,5 @@
 // The corruption detector's page: send one image to TorchServe's explanations API and show the answer.
-// The page is static; TorchServe must allow its origin (cors_allowed_origin in config.properties).
+// The page is static; TorchServe must allow its origin (`make serve` allows `make web`'s with the same PORT, or ORIGIN=).
 "use strict";
 
 const DEFAULT_SERVER = "http://127.0.0.1:8080";
@@ -8,8 +8,26 @@ const TIMEOUT_MS = 60000;
 
 const $ = (id) => document.getElementById(id);
 
+// The server's URL without a trailing slash; http:// when none is given (127.0.0.1:8080), as the Python client.
 function serverUrl() {
-  return $("server").value.trim().replace(/\/+$/, "");
+  const url = $("server").value.trim().replace(/\/+$/, "");
+  return url.includes("://") ? url : `http://${url}`;
+}
+
+// What to do when the server cannot be reached: start it, or let it allow this page's origin.
+function unreachableMessage(server) {
+  const origin = window.location.origin;
+  let port = "8080";
+  try {
+    port = new URL(server).port || port;
+  } catch {
+    // not a URL: keep the default port in the advice
+  }
+  return (
+    `Cannot reach TorchServe at ${server}. Is it running (make serve)? If it is, it must allow this page's ` +
+    `origin, ${origin}: start both with the same PORT (make serve PORT=${port}, then make web PORT=${port}), ` +
+    `or the server with make serve ORIGIN=${origin}.`
+  );
 }
 
 function showStatus(text) {
@@ -114,10 +132,7 @@ async function score(file) {
     if (error.name === "TimeoutError") {
       showError(`TorchServe at ${server} did not answer within ${TIMEOUT_MS / 1000} s.`);
     } else {
-      showError(
-        `Cannot reach TorchServe at ${server}. Is it running? If it is, its cors_allowed_origin ` +
-          `(config.properties) must be this page's origin, ${window.location.origin}.`,
-      );
+      showError(unreachableMessage(server));
     }
     return;
   }
