@@ -26,6 +26,7 @@ from training.corpus import (
     build,
     check_pins,
     check_sources,
+    error_line,
     installed_photo,
     jpeg_quality,
     load_built,
@@ -406,3 +407,16 @@ def test_served_versions_are_read_from_apt_pip_and_npm_output():
     npm = json.dumps({"versions": ["1.0.0", "2.0.0-beta.1", "1.1.0"], "dist-tags.latest": "1.1.0"})
     assert parse_served("npm", npm) == ["1.1.0", "2.0.0-beta.1", "1.0.0"]
     assert parse_served("npm", json.dumps({"versions": "0.1.0", "dist-tags.latest": "0.1.0"})) == ["0.1.0"]
+
+
+def test_a_failed_download_is_told_by_the_package_managers_own_error_line():
+    apt = "W: something\nE: Version '8:6.9.11.60+dfsg-1.6+deb12u15' for 'imagemagick-6-doc' was not found\n"
+    assert error_line(apt) == "E: Version '8:6.9.11.60+dfsg-1.6+deb12u15' for 'imagemagick-6-doc' was not found"
+    pip = "WARNING: Location x\nERROR: Could not find a version (from versions: 1.0)\nERROR: No matching distribution\n"
+    assert error_line(pip) == "ERROR: No matching distribution"
+    npm = (
+        "npm error code ETARGET\nnpm error notarget No matching version found for exif@9.9.9.\n"
+        "npm error notarget In most cases you...\nnpm error A complete log of this run can be found in: x.log\n"
+    )
+    assert error_line(npm) == "npm error notarget No matching version found for exif@9.9.9."
+    assert error_line("") == ""

