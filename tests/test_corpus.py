@@ -20,6 +20,7 @@ from training.corpus import (
     MIN_CLEAN_QUALITY,
     SPLITS,
     TAGS,
+    TOOLS,
     CorpusError,
     FetchError,
     PhotoSource,
@@ -41,6 +42,7 @@ def test_the_manifest_pins_every_photo_once_split_by_photo():
     assert len(photos) >= 60 and len({p.id for p in photos}) == len(photos)
     assert {p.split for p in photos} == set(SPLITS)
     assert all(len(p.archive_sha256) == 64 and len(p.file_sha256) == 64 and p.licence for p in photos)
+    assert {p.source for p in photos} <= TOOLS.keys()  # every archive comes through a package manager the build knows
     assert not {p.file_sha256 for p in photos if p.split == "test"} & {
         p.file_sha256 for p in photos if p.split != "test"
     }
