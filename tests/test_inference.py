@@ -2,8 +2,10 @@
 that decided, at the image's aspect ratio."""
 
 import pytest
+from PIL import Image
 
 from bench.inputs import encode
+from detector.budget import MAX_EXPLANATIONS, MAX_IMAGES, MAX_PIXELS, Work, refusal
 from detector.decoding import BadImageError
 from detector.explain import HEATMAP_CELLS
 from detector.inference import CorruptionDetector
@@ -41,3 +43,25 @@ def test_explanations_have_the_images_aspect_ratio(detector, size):
     assert max(rows, columns) <= HEATMAP_CELLS
     assert abs(columns / rows - min(size[0] / size[1], 2.5)) < 0.15
     assert explanation["method"] in ("grad-cam", "crop-evidence")
+
+
+def test_each_request_is_held_to_the_work_budget_and_the_others_are_answered(detector):
+    """Requests 1-3 exceed one limit each; their images are refused before decoding, requests 0 and 4 answered."""
+    small = encode(gradient(64, 48), "PNG")
+    huge = encode(Image.new("RGB", (7000, 7000)), "JPEG")  # 49 MP: three of them are over the pixel budget
+    payloads = [small, *[small] * (MAX_IMAGES + 1), *[small] * (MAX_EXPLANATIONS + 1), huge, huge, huge, small]
+    requests = [0, *[1] * (MAX_IMAGES + 1), *[2] * (MAX_EXPLANATIONS + 1), 3, 3, 3, 4]
+    explain = [request == 2 for request in requests]
+    records = detector.run(payloads, explain, requests)
+    reasons: dict[int, set] = {}
+    for record, request in zip(records, requests, strict=True):
+        reasons.setdefault(request, set()).add(record.error.reason if record.error else None)
+    assert reasons == {0: {None}, 1: {"too_many_images"}, 2: {"too_many_explanations"}, 3: {"too_much_work"}, 4: {None}}
+    assert all(r.preprocess_seconds < 1 for r in records), "nothing over the budget was decoded"
+
+
+def test_the_budget_admits_a_request_at_every_limit(detector):
+    small = encode(gradient(64, 48), "PNG")
+    assert refusal(Work(MAX_IMAGES, MAX_PIXELS, MAX_EXPLANATIONS)) is None
+    records = detector.run([small] * MAX_EXPLANATIONS, [True] * MAX_EXPLANATIONS, [0] * MAX_EXPLANATIONS)
+    assert all(record.error is None for record in records)
