@@ -25,19 +25,10 @@ CONFIG = ROOT / "config.properties"
 LOG_CONFIG = ROOT / "container" / "log4j2.xml"
 
 
-def torchserve_args(extra: list[str]) -> list[str]:
-    """The launcher's command line: foreground, no config snapshots, container logging."""
-    return [
-        "torchserve",
-        "--start",
-        "--foreground",
-        "--ncs",
-        "--ts-config",
-        str(CONFIG),
-        "--log-config",
-        str(LOG_CONFIG),
-        *extra,
-    ]
+def torchserve_args(config: Path, *extra: str) -> list[str]:
+    """TorchServe's command line, for the image, the benchmarks and the tests alike (the Makefile's is tested
+    against it): in the foreground (the caller owns the process), no config snapshots, the given config."""
+    return ["torchserve", "--start", "--foreground", "--ncs", "--ts-config", str(config), *extra]
 
 
 def exec_java(command: list[str], *args, **kwargs) -> None:
@@ -49,7 +40,7 @@ def exec_java(command: list[str], *args, **kwargs) -> None:
 
 def main(extra: list[str]) -> int:
     """Run the launcher; it only returns if it refused the arguments without exec'ing java."""
-    sys.argv = torchserve_args(extra)
+    sys.argv = torchserve_args(CONFIG, "--log-config", str(LOG_CONFIG), *extra)
     subprocess.Popen = exec_java
     model_server.start()
     print("TorchServe's launcher returned without starting java", file=sys.stderr)

@@ -4,7 +4,6 @@ TS_SERVICE_ENVELOPE), and the InferenceService example."""
 
 import base64
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import ts.version
 import yaml
 
 from bench.inputs import bad_images, good_images
-from bench.torchserve import ROOT, TORCHSERVE, TorchServe, free_port
+from bench.torchserve import ROOT, TorchServe, launch, on_free_ports, ready
 from tests.helpers import TIMEOUT, assert_same_answer
 
 KSERVE = ROOT / "k8s" / "kserve"
@@ -144,18 +143,8 @@ def test_bad_kserve_requests_get_400_with_an_error_field(torchserve, path, body,
 
 def kserve_config(storage: Path, workdir: Path) -> tuple[Path, dict[str, str]]:
     """The storage's config.properties with the storage's real path for /mnt/models and free loopback ports."""
-    text = (storage / "config" / "config.properties").read_text().replace("/mnt/models", str(storage))
-    urls = {}
-    for key in ("inference_address", "management_address", "metrics_address"):
-        urls[key] = f"http://127.0.0.1:{free_port()}"
-        text, count = re.subn(rf"^{key}=.*$", f"{key}={urls[key]}", text, flags=re.M)
-        assert count == 1, key
-    for key in ("grpc_inference_port", "grpc_management_port"):
-        text, count = re.subn(rf"^{key}=.*$", f"{key}={free_port()}", text, flags=re.M)
-        assert count == 1, key
-    # Worker sockets are named after java.io.tmpdir: this server's own, beside the session's.
-    text = re.sub(r"^(vmargs=.*)$", rf"\1 -Djava.io.tmpdir={workdir / 'tmp'}", text, flags=re.M)
     path = storage / "config" / "config.properties"
+    text, urls = on_free_ports(path.read_text().replace("/mnt/models", str(storage)), workdir)
     path.write_text(text)
     return path, urls
 
@@ -175,21 +164,12 @@ def kserve_server(kserve_storage, tmp_path_factory) -> Iterator[TorchServe]:
     """TorchServe started as the kserve-torchserve runtime starts it, from a copy of that storage."""
     storage, workdir = tmp_path_factory.mktemp("kserve-storage"), tmp_path_factory.mktemp("kserve")
     shutil.copytree(kserve_storage, storage, dirs_exist_ok=True)
-    (workdir / "tmp").mkdir()
     config, urls = kserve_config(storage, workdir)
-    env = dict(os.environ, **KSERVE_ENV, TMPDIR=str(workdir / "tmp"), LOG_LOCATION=str(workdir / "logs"),
-               METRICS_LOCATION=str(workdir / "logs"))  # fmt: skip
-    command = [str(TORCHSERVE), "--start", "--foreground", f"--model-store={storage / 'model-store'}",
+    # The runtime's own command line (not the project's): no --ncs, `=` between flags and values.
+    command = ["torchserve", "--start", "--foreground", f"--model-store={storage / 'model-store'}",
                f"--ts-config={config}"]  # fmt: skip
-    with open(workdir / "console.log", "wb") as console:
-        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=console, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
-    server = TorchServe(process, urls, workdir)
-    try:
-        server.wait_ready()
+    with ready(launch(command, workdir, urls, env=KSERVE_ENV)) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_kserve_runtime_serves_v1_and_v2_with_batching_intact(kserve_server, images):

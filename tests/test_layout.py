@@ -34,7 +34,7 @@ GRAPH = {name: {i for i in project_imports(path) if i in MODULES} for name, path
         ("detector", {"detector"}),
         ("handler", {"handler", "detector"}),
         ("client", {"client", "detector"}),
-        ("bench", {"bench", "detector", "handler", "training", "evaluation"}),
+        ("bench", {"bench", "container", "detector", "handler", "training", "evaluation"}),
     ],
 )
 def test_imports_point_one_way(package, allowed):

@@ -19,6 +19,7 @@ import requests
 
 from bench.inputs import good_images
 from bench.torchserve import ROOT
+from container.entrypoint import torchserve_args
 from tests.helpers import TIMEOUT
 
 # What a checkout holds besides its sources: build outputs and runtime files stay behind.
@@ -156,6 +157,14 @@ def test_make_serve_says_when_the_model_answers(serving, subset):
                              timeout=TIMEOUT)  # fmt: skip
     assert response.status_code == 200, response.text
     assert output.read_text(errors="replace").count(ready) == 1
+
+
+def test_make_serve_and_start_run_torchserve_with_the_projects_one_command_line():
+    """container.entrypoint.torchserve_args is TorchServe's command line everywhere; `make start` only drops
+    --foreground (it runs in the background, for `make stop`)."""
+    line = " ".join(torchserve_args(Path("config.properties"), "--model-store", "model_store")[1:])
+    assert f"/torchserve {line}\n" in make(ROOT, "-n", "serve").stdout
+    assert f"/torchserve {line.replace(' --foreground', '')} >" in make(ROOT, "-n", "start").stdout
 
 
 def test_make_web_serves_the_page_at_the_origin_its_server_allows():
