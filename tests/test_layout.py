@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from detector.paths import ROOT
+
 PACKAGES = ("detector", "training", "evaluation", "handler", "bench", "tests", "container", "client")
 
 

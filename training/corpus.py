@@ -37,7 +37,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from importlib import metadata
 from itertools import combinations
 from pathlib import Path
@@ -47,7 +47,8 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
+from detector.paths import ROOT
+
 MANIFEST = Path(__file__).with_name("photo_corpus.json")
 SPLITS = ("train", "val", "test")
 # Never used for anything, not even evaluation: an independent acceptance set is built from these.
@@ -159,27 +160,19 @@ class PhotoSource:
 
 
 def read_manifest(path: Path = MANIFEST) -> list[PhotoSource]:
-    """The pinned photos, checked: unique ids, known splits and tags, no reserved source, low-quality ones
-    train-only, each source group in one split.
-
-    A manifest pinned before photos were grouped by source (no entry has a `group`) still reads: each photo's
-    group is its package and the one-split-per-group rule waits for its re-split. Once any entry has a group,
-    every entry needs one. `tags` may be left out (no tag applies).
-    """
-    entries = json.loads(path.read_text())
-    grouped = any("group" in entry for entry in entries)
-    photos = [pinned_photo(entry, grouped) for entry in entries]
+    """The pinned photos, each entry with every field of PhotoSource, checked by check_sources."""
+    photos = [pinned_photo(entry) for entry in json.loads(path.read_text())]
     check_sources(photos)
-    if grouped:
-        check_group_splits(photos)
     return photos
 
 
-def pinned_photo(entry: dict, grouped: bool) -> PhotoSource:
-    """One manifest entry as a PhotoSource: `tags` a tuple, `group` its package where none is pinned yet."""
-    if grouped and "group" not in entry:
-        raise CorpusError(f"{entry.get('id')} has no group: every photo of a grouped manifest names its source")
-    return PhotoSource(**{**entry, "group": entry.get("group", entry["package"]), "tags": tuple(entry.get("tags", ()))})
+def pinned_photo(entry: dict) -> PhotoSource:
+    """One manifest entry as a PhotoSource (`tags` a tuple), refused by name where a field is missing or unknown."""
+    expected = {field.name for field in fields(PhotoSource)}
+    missing, unknown = sorted(expected - entry.keys()), sorted(entry.keys() - expected)
+    if missing or unknown:
+        raise CorpusError(f"{entry.get('id')}: missing fields {missing}, unknown fields {unknown}")
+    return PhotoSource(**{**entry, "tags": tuple(entry["tags"])})
 
 
 def check_group_splits(photos: list[PhotoSource]) -> None:
@@ -195,7 +188,7 @@ def check_group_splits(photos: list[PhotoSource]) -> None:
 
 def check_sources(photos: list[PhotoSource]) -> None:
     """Refuse what no build may use: duplicate ids, reserved sources, unknown splits or tags, a source group left
-    empty, and low-quality photos outside train."""
+    empty or found in two splits, and low-quality photos outside train."""
     ids = [photo.id for photo in photos]
     if len(set(ids)) != len(ids):
         raise CorpusError(f"duplicate photo ids in the manifest: {sorted({i for i in ids if ids.count(i) > 1})}")
@@ -212,6 +205,7 @@ def check_sources(photos: list[PhotoSource]) -> None:
             raise CorpusError(f"{photo.id} has unknown tags {unknown}: the vocabulary is training.corpus.TAGS")
         if photo.half_size and photo.split != "train":
             raise CorpusError(f"{photo.id} is saved at quality {photo.jpeg_quality} < {MIN_CLEAN_QUALITY}: train only")
+    check_group_splits(photos)
 
 
 def sha256(data: bytes) -> str:
