@@ -4,16 +4,19 @@ metrics cache reading observability/metrics.yaml)."""
 import base64
 import json
 import logging
+import re
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.utils.util import list_classes_from_module
 
-from bench.inputs import bad_images, good_images
+from bench.inputs import bad_images, encode, good_images
 from bench.torchserve import ROOT
-from detector.budget import MAX_IMAGES
+from detector.budget import MAX_EXPLANATIONS, MAX_IMAGES
 from detector.corruptions import TYPES
 from detector.decoding import BadImageError
 from handler import corruption_handler
@@ -185,6 +188,17 @@ def test_kserve_v1_explain_answers_explanations(handler, subset):
     assert statuses == [200]
     assert list(body) == ["explanations"]
     assert body["explanations"][0]["explanation"]["method"] == "grad-cam"
+
+
+def test_the_largest_answer_fits_in_max_response_size(handler):
+    """An explanation request at the budget's limit, of noisy square images (the least compressible overlays),
+    serialised as TorchServe's worker does (indent=2), stays under half of config.properties' max_response_size."""
+    noise = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    image = b64(encode(Image.fromarray(noise), "PNG"))
+    (body,), statuses = run_batch(handler, [{"body": {"instances": [image] * MAX_EXPLANATIONS}}], [True])
+    assert statuses == [200]
+    limit = int(re.search(r"^max_response_size=(\d+)$", (ROOT / "config.properties").read_text(), re.M)[1])
+    assert len(json.dumps(body, indent=2).encode()) < limit / 2
 
 
 @pytest.mark.parametrize(
