@@ -37,7 +37,7 @@ from training.corpus import (
 )
 
 
-def test_the_manifest_pins_every_photo_once_split_by_photo():
+def test_the_manifest_pins_every_photo_once_split_by_source():
     photos = read_manifest()
     assert len(photos) >= 60 and len({p.id for p in photos}) == len(photos)
     assert {p.split for p in photos} == set(SPLITS)
@@ -174,16 +174,10 @@ def test_the_manifest_file_is_valid_json_of_pinned_sources():
 
 
 def write_manifest(path: Path, entries: list[PhotoSource], drop: tuple[str, ...] = ()) -> Path:
-    """A manifest file of these entries, without the fields in `drop` (as pinned before they existed)."""
+    """A manifest file of these entries, without the fields in `drop`."""
     rows = [{key: value for key, value in dataclasses.asdict(entry).items() if key not in drop} for entry in entries]
     path.write_text(json.dumps(rows))
     return path
-
-
-def test_entries_pinned_before_groups_read_as_their_package_without_tags(tmp_path, tiny_archive):
-    _, entries = tiny_archive
-    photos = read_manifest(write_manifest(tmp_path / "old.json", entries, drop=("group", "tags")))
-    assert [(p.group, p.tags) for p in photos] == [("photos-pkg", ())] * 3
 
 
 def test_a_source_group_in_two_splits_is_refused(tmp_path, tiny_archive):
@@ -192,16 +186,15 @@ def test_a_source_group_in_two_splits_is_refused(tmp_path, tiny_archive):
     shared = [dataclasses.replace(entries[0], group="one camera"), dataclasses.replace(entries[2], group="one camera")]
     with pytest.raises(CorpusError, match="one camera in train, test"):
         read_manifest(write_manifest(tmp_path / "shared.json", [*shared, entries[1]]))
+    with pytest.raises(CorpusError, match="one camera in train, test"):
+        build(tmp_path / "photos", shared, tmp_path / "archives")  # before anything is fetched
 
 
-def test_once_photos_are_grouped_every_photo_needs_a_group(tmp_path, tiny_archive):
+@pytest.mark.parametrize("field", ["group", "tags"])
+def test_an_entry_without_its_group_or_tags_is_refused_by_name(tmp_path, tiny_archive, field):
     _, entries = tiny_archive
-    path = write_manifest(tmp_path / "half.json", entries)
-    rows = json.loads(path.read_text())
-    del rows[1]["group"]
-    path.write_text(json.dumps(rows))
-    with pytest.raises(CorpusError, match="pkg--p1 has no group"):
-        read_manifest(path)
+    with pytest.raises(CorpusError, match=f"pkg--p0: missing fields \\['{field}'\\]"):
+        read_manifest(write_manifest(tmp_path / "old.json", entries, drop=(field,)))
 
 
 def test_unknown_tags_and_empty_groups_are_refused(tiny_archive):
