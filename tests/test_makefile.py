@@ -137,12 +137,13 @@ def serving(model_store, tmp_path) -> Iterator[tuple[subprocess.Popen, Path, int
     try:
         yield process, output, base
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=60)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # whatever of the group outlived Ctrl-C
+        process.wait()
 
 
 def test_make_serve_says_when_the_model_answers(serving, subset):
