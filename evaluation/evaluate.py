@@ -1,16 +1,21 @@
-"""Detection quality on camera photos and on CIFAR: scores, peers, targets and the robustness report.
+"""Detection quality on camera photos of sources the model never saw and on CIFAR: scores, peers, targets and
+the robustness report.
 
 python -m evaluation.evaluate --model weights/model.pt [--reports checkpoints/reports] [--check]
 
-- Photos (evaluation/photo_eval.py): the corpus's test photos at four sizes, clean and under every family
-  x severity, through the serving path, beside the variance-of-Laplacian rule, BRISQUE and the heuristic
-  baseline on the same bytes (and any other scorer's saved scores, `--extra-scores NAME=FILE`).
+- Photos (evaluation/photo_eval.py): the corpus's test photos (`--all-groups`: every photo; `--groups G..`:
+  those of some source groups) at four sizes (`--buckets`), clean and under every family x severity, through
+  the serving path, beside the variance-of-Laplacian rule, BRISQUE and the heuristic baseline on the same bytes
+  (`--no-peers`: the detector alone; any other scorer's saved scores, `--extra-scores NAME=FILE`). The headline
+  and the targets count the source groups the model never saw; the groups it saw are reported apart, each
+  group's clean false alarms, false alarms by content tag and the flagged clean photos as thumbnails.
 - CIFAR: the 32x32 test images clean and under the CIFAR table (detector.corruptions.CIFAR_CORRUPTIONS), and
   under 12 CIFAR-10-C kinds never trained on (evaluation/heldout.py), beside the heuristic baseline.
 
 Writes REPORTS/robustness.md, its figures and robustness.json (evaluation/report.py), always prints the
 headline numbers and where the report went, and with `--check` exits 1 when a target is not met. The
 default REPORTS is checkpoints/reports: the committed reports/ is regenerated only on purpose.
+`--list-groups` prints the corpus's source groups (for leave-one-group-out folds: evaluation/report.py).
 """
 
 import argparse
@@ -26,15 +31,16 @@ from tqdm import tqdm
 
 from detector.corruptions import CIFAR_CORRUPTIONS, SEVERITIES, TYPES
 from detector.inference import CorruptionDetector
-from detector.model import CALIBRATION_BUFFERS
+from detector.model import CALIBRATION_BUFFERS, is_corrupted
 from evaluation.baseline import HeuristicBaseline
 from evaluation.grid import CorruptionGrid, Materialised
 from evaluation.heldout import HELDOUT
 from evaluation.metrics import Scores, calibration, score, summarise, type_confusion
-from evaluation.photo_eval import CaseSet, Scorer, evaluate_photos, peers
+from evaluation.photo_eval import BUCKETS, CaseSet, Scorer, evaluate_photos, model_photos, peers, photo_sources
 from evaluation.report import headline, targets, write_report
-from training.corpus import load_built
+from training.corpus import SPLITS, BuiltPhoto, load_built
 from training.data import SUBSET, load_clean_images
+from training.photo_data import photo_group, shared_groups
 
 CIFAR_KINDS = tuple(CIFAR_CORRUPTIONS)
 HELDOUT_KINDS = tuple(HELDOUT)
@@ -92,18 +98,39 @@ def extra_scorers(specs: list[str]) -> list[Scorer]:
     scorers = []
     for spec in specs:
         name, path = spec.split("=", 1)
-        scorers.append(Scorer(name, json.loads(Path(path).read_text()), lambda s: s > 0.5))
+        scorers.append(Scorer(name, json.loads(Path(path).read_text()), is_corrupted))
     return scorers
 
 
+def evaluated_photos(corpus: list[BuiltPhoto], args: argparse.Namespace) -> tuple[str, list[BuiltPhoto]]:
+    """(scope, photos): the test split (default), every photo (--all-groups) or those of some groups (--groups)."""
+    if args.groups:
+        return "groups", [p for p in corpus if photo_group(p) in args.groups]
+    if args.all_groups:
+        return "all", corpus
+    return "test", [p for p in corpus if p.split == "test"]
+
+
 def evaluate_photo_corpus(detector: CorruptionDetector, args: argparse.Namespace) -> dict:
-    """The photo evaluation on the corpus's test split (validation photos only set BRISQUE's threshold)."""
-    test, val = CaseSet(args.cases / "test"), CaseSet(args.cases / "val")
-    test_photos = load_built(args.photos, "test")[: args.photo_limit]
-    test.build(test_photos, args.photos, args.severities)
-    val.build(load_built(args.photos, "val"), args.photos, severities=())
-    scorers = [*peers(test, load_built(args.photos, "train"), val, args.photos), *extra_scorers(args.extra_scores)]
-    return evaluate_photos(detector, test, scorers)
+    """The photo evaluation, headlined on the sources the model never saw (validation photos only set BRISQUE's
+    threshold; training photos fit the heuristic baseline)."""
+    corpus = [photo for split in SPLITS for photo in load_built(args.photos, split)]
+    seen = model_photos(args.model, corpus)
+    scope, photos = evaluated_photos(corpus, args)
+    cases, val = CaseSet(args.cases / scope), CaseSet(args.cases / "val")
+    cases.build(photos[: args.photo_limit], args.photos, args.severities, args.buckets)
+    scorers = extra_scorers(args.extra_scores)
+    if not args.no_peers:
+        val.build([p for p in corpus if p.split == "val"], args.photos, severities=(), buckets=args.buckets)
+        train = [p for p in corpus if p.split == "train"]
+        scorers = [*peers(cases, train, val, args.photos), *scorers]
+    return {
+        "scope": scope,
+        "model_photos": seen.record,
+        "shared_groups": shared_groups(corpus),
+        "buckets": list(args.buckets),
+        **evaluate_photos(detector, cases, scorers, photo_sources(corpus, seen)),
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -111,7 +138,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, required=True, help="checkpoint written by training.train")
     parser.add_argument("--photos", type=Path, default=Path("data/photos"), help="the corpus (make photos)")
     parser.add_argument("--cases", type=Path, default=Path("data/eval-cases"), help="where photo cases are kept")
-    parser.add_argument("--photo-limit", type=int, default=None, help="use only the first N test photos")
+    parser.add_argument("--photo-limit", type=int, default=None, help="use only the first N evaluated photos")
+    parser.add_argument(
+        "--all-groups",
+        action="store_true",
+        help="evaluate every photo of the corpus, not only the test split (sources the model saw reported apart)",
+    )
+    parser.add_argument("--groups", nargs="+", default=None, help="evaluate the photos of these source groups only")
+    parser.add_argument("--list-groups", action="store_true", help="print the corpus's source groups and stop")
+    parser.add_argument("--buckets", nargs="+", default=list(BUCKETS), choices=BUCKETS, help="photo size buckets")
+    parser.add_argument("--no-peers", action="store_true", help="score photos with the detector only")
     parser.add_argument("--severities", type=int, nargs="+", default=list(SEVERITIES))
     parser.add_argument("--extra-scores", nargs="*", default=[], help="NAME=FILE.json of P(corrupted) per case id")
     parser.add_argument("--no-photos", action="store_true", help="skip the photo evaluation")
@@ -128,6 +164,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.list_groups:
+        print("\n".join(sorted({photo_group(p) for split in SPLITS for p in load_built(args.photos, split)})))
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     detector = CorruptionDetector(args.model, device)
     results = {

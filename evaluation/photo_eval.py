@@ -1,9 +1,15 @@
-"""The photo evaluation: test photos at four sizes, clean and under every family x severity, scored by the model
-through the serving path and by the peer tools on the very same bytes.
+"""The photo evaluation by source: photos at four sizes, clean and under every family x severity, scored by the
+model through the serving path and by the peer tools on the very same bytes, and judged on the sources the model
+never saw.
 
-Cases: every test photo of the corpus (never trained on, nor used for selection or calibration) at each
-size of training.photo_data.PHOTO_SIZES it reaches (longer side 640, 1024, 1600, and its own size when
-that is at least 3000 px; a photo smaller than 640 stands at its own size in the 640 bucket):
+Sources: a photo's source group is its package, or the photographer or camera where the package says so
+(training.photo_data.photo_group). A group is held out when the model learnt from no photo of it and was
+calibrated on none (`model_photos`: the checkpoint's record, or the shipped weights' in
+shipped_model_photos.json). The headline counts held-out groups only; groups the model saw are reported apart.
+
+Cases: every evaluated photo (the test split, or every photo) at each size of training.photo_data.PHOTO_SIZES
+it reaches (longer side 640, 1024, 1600, and its own size when that is at least 3000 px; a photo smaller than
+640 stands at its own size in the 640 bucket):
 
 - clean, saved as JPEG at q92 and at q80 (training.photo_data.CLEAN_QUALITIES);
 - under every kind of the table at every severity 1..5, applied at that size, then saved as a camera
@@ -40,9 +46,19 @@ from tqdm import tqdm
 from detector.corruptions import CORRUPTIONS, KINDS, SEVERITIES, VISIBLE_SEVERITY, from_pil, to_pil
 from detector.decoding import decode_image
 from detector.inference import CorruptionDetector
+from detector.model import is_corrupted, read_checkpoint
 from evaluation.baseline import HeuristicBaseline, image_features
+from evaluation.metrics import balanced_accuracy
 from training.corpus import BuiltPhoto
-from training.photo_data import CLEAN_QUALITIES, PHOTO_SIZES, at_long_side, encode_jpeg, photo_sizes
+from training.photo_data import (
+    CLEAN_QUALITIES,
+    PHOTO_SIZES,
+    at_long_side,
+    encode_jpeg,
+    photo_group,
+    photo_sizes,
+    photo_tags,
+)
 
 CAMERA_SAVE = 92
 
@@ -97,9 +113,12 @@ def case_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
-def photo_cases(photo: BuiltPhoto, image: Image.Image, severities: Sequence[int]) -> Iterable[tuple[PhotoCase, bytes]]:
-    """Every case of one photo: each size it reaches, clean at each quality and under each kind x severity."""
-    for size in photo_sizes(*image.size):
+def photo_cases(
+    photo: BuiltPhoto, image: Image.Image, severities: Sequence[int], buckets: Sequence[str] = BUCKETS
+) -> Iterable[tuple[PhotoCase, bytes]]:
+    """Every case of one photo: each size it reaches (in `buckets`), clean at each quality and under each
+    kind x severity."""
+    for size in (size for size in photo_sizes(*image.size) if bucket_of(size) in buckets):
         resized = at_long_side(image, size)
         tensor = from_pil(resized)
         about = {"photo": photo.id, "bucket": bucket_of(size), "width": resized.width, "height": resized.height}
@@ -134,9 +153,17 @@ class CaseSet:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    def build(self, photos: Sequence[BuiltPhoto], photo_folder: Path, severities: Sequence[int] = SEVERITIES) -> None:
+    def build(
+        self,
+        photos: Sequence[BuiltPhoto],
+        photo_folder: Path,
+        severities: Sequence[int] = SEVERITIES,
+        buckets: Sequence[str] = BUCKETS,
+    ) -> None:
         """Write every case of every photo, unless the folder already holds exactly these."""
         key = {"photos": [p.id for p in photos], "severities": list(severities), "kinds": list(KINDS)}
+        if tuple(buckets) != BUCKETS:
+            key["buckets"] = list(buckets)
         index = self.folder / "cases.json"
         if index.is_file() and json.loads(index.read_text())["key"] == key:
             return
@@ -144,7 +171,7 @@ class CaseSet:
         cases = []
         for photo in tqdm(photos, desc="photo cases", unit="photo"):
             image = decode_image((photo_folder / photo.file).read_bytes())
-            for case, data in photo_cases(photo, image, severities):
+            for case, data in photo_cases(photo, image, severities, buckets):
                 (self.folder / case.file).write_bytes(data)
                 cases.append(asdict(case))
         index.write_text(json.dumps({"key": key, "cases": cases}))
@@ -252,7 +279,7 @@ def peers(cases: CaseSet, train_photos: Sequence[BuiltPhoto], val_cases: CaseSet
     baseline = fit_baseline(train_photos, folder)
     ids = list(scores["baseline_features"])
     probabilities = baseline.classifier.predict_proba(np.array([scores["baseline_features"][i] for i in ids]))[:, 1]
-    heuristic = Scorer("heuristic baseline", dict(zip(ids, map(float, probabilities), strict=True)), lambda s: s > 0.5)
+    heuristic = Scorer("heuristic baseline", dict(zip(ids, map(float, probabilities), strict=True)), is_corrupted)
     brisque_threshold = float("inf")
     if val_cases is not None:
         val = peer_scores(val_cases)
@@ -306,7 +333,7 @@ def summarise(cases: Sequence[PhotoCase], scorer: Scorer) -> dict:
         "auroc": {f: auroc(scored, scorer.score, f) for f in families},
         "auroc_all": auroc(scored, scorer.score),
         # Right on clean photos and visible damage, the two weighted equally (every case counted once).
-        "balanced_accuracy": (clean_right + rate([flagged[c.id] for c in visible])) / 2,
+        "balanced_accuracy": balanced_accuracy(1 - clean_right, rate([flagged[c.id] for c in visible])),
         "accuracy_visible": rate([flagged[c.id] == bool(c.label) for c in clean + visible]),
         "misses": sorted([c.id for c in visible if not flagged[c.id]] + [c.id for c in clean if flagged[c.id]]),
     }
@@ -317,21 +344,190 @@ def family_aurocs(cases: Sequence[PhotoCase], scores: dict[str, float]) -> dict[
     return {**{f: auroc(cases, scores, f) for f in families}, "all": auroc(cases, scores)}
 
 
-def evaluate_photos(detector: CorruptionDetector, cases: CaseSet, peer_scorers: Sequence[Scorer]) -> dict:
-    """The detector and the peers summarised on the same cases, and their AUROCs side by side: on the cases
-    every scorer scored (the 640 bucket, where BRISQUE runs), and on all cases for the scorers that score all."""
-    listed = cases.cases()
-    scorers = [Scorer("detector", model_scores(detector, cases), lambda s: s > 0.5), *peer_scorers]
-    common = [c for c in listed if all(c.id in scorer.score for scorer in scorers)]
+def compare(cases: Sequence[PhotoCase], scorers: Sequence[Scorer]) -> dict:
+    """The scorers summarised on the same cases, and their AUROCs side by side: on the cases every scorer scored
+    (the 640 bucket, where BRISQUE runs), and on all cases for the scorers that score all."""
+    common = [c for c in cases if all(c.id in scorer.score for scorer in scorers)]
     return {
-        "photos": len({c.photo for c in listed}),
-        "cases": len(listed),
-        "buckets": {b: len({c.photo for c in listed if c.bucket == b}) for b in BUCKETS},
-        "scorers": {scorer.name: summarise(listed, scorer) for scorer in scorers},
+        "photos": len({c.photo for c in cases}),
+        "cases": len(cases),
+        "buckets": {b: len({c.photo for c in cases if c.bucket == b}) for b in BUCKETS},
+        "scorers": {scorer.name: summarise(cases, scorer) for scorer in scorers},
         "side_by_side": {scorer.name: family_aurocs(common, scorer.score) for scorer in scorers},
         "side_by_side_all": {
-            scorer.name: family_aurocs(listed, scorer.score)
+            scorer.name: family_aurocs(cases, scorer.score)
             for scorer in scorers
-            if all(c.id in scorer.score for c in listed)
+            if all(c.id in scorer.score for c in cases)
         },
+    }
+
+
+# Whether the evaluated model saw a photo's source: in training, in calibration, or never.
+SEEN_IN_TRAINING, SEEN_IN_CALIBRATION, HELD_OUT = "train", "val", "held out"
+# The photos the shipped weights learnt from and were calibrated on (they predate training.train's record).
+SHIPPED_MODEL_PHOTOS = Path(__file__).with_name("shipped_model_photos.json")
+
+
+@dataclass(frozen=True)
+class ModelPhotos:
+    """The photos a model learnt from and was calibrated on ({id: group}), and where that record comes from."""
+
+    train: dict[str, str]
+    val: dict[str, str]
+    record: str
+
+
+def model_photos(checkpoint: Path, corpus: Sequence[BuiltPhoto]) -> ModelPhotos:
+    """What a checkpoint saw: training.train records it in the checkpoint; the shipped weights' record is
+    SHIPPED_MODEL_PHOTOS, matched by the file's sha256; for any other checkpoint, the corpus's own train and
+    val splits are assumed (and the report says so)."""
+    metadata = read_checkpoint(checkpoint)["metadata"]
+    if "training_photos" in metadata:
+        calibrated = metadata.get("calibration", {}).get("validation_photos", {})
+        return ModelPhotos(metadata["training_photos"], calibrated, "the checkpoint's own record")
+    shipped = json.loads(SHIPPED_MODEL_PHOTOS.read_text())
+    if hashlib.sha256(checkpoint.read_bytes()).hexdigest() == shipped["sha256"]:
+        return ModelPhotos(shipped["train"], shipped["val"], f"{SHIPPED_MODEL_PHOTOS.name} ({shipped['split']})")
+    split = {name: {p.id: photo_group(p) for p in corpus if p.split == name} for name in ("train", "val")}
+    return ModelPhotos(split["train"], split["val"], "assumed: the corpus's train and val splits (no record)")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an evaluated photo comes from and whether the model saw that source."""
+
+    group: str
+    tags: tuple[str, ...]
+    split: str
+    seen: str  # SEEN_IN_TRAINING, SEEN_IN_CALIBRATION or HELD_OUT
+
+
+def photo_sources(corpus: Sequence[BuiltPhoto], seen: ModelPhotos) -> dict[str, Source]:
+    """Each corpus photo's source and whether the model saw it. A group is seen when the model saw any photo of
+    it, under the group it was recorded with or the one the corpus gives that photo now."""
+    groups_now = {photo.id: photo_group(photo) for photo in corpus}
+
+    def groups(photos: dict[str, str]) -> set[str]:
+        return set(photos.values()) | {groups_now[i] for i in photos if i in groups_now}
+
+    trained, calibrated = groups(seen.train), groups(seen.val)
+
+    def status(group: str) -> str:
+        return SEEN_IN_TRAINING if group in trained else SEEN_IN_CALIBRATION if group in calibrated else HELD_OUT
+
+    return {p.id: Source(groups_now[p.id], photo_tags(p), p.split, status(groups_now[p.id])) for p in corpus}
+
+
+def brief(cases: Sequence[PhotoCase], scorer: Scorer, sources: dict[str, Source]) -> dict:
+    """The headline figures of one scorer on some cases: how many, right (balanced), clean flagged, caught."""
+    summary = summarise(cases, scorer)
+    return {
+        "groups": len({sources[c.photo].group for c in cases}),
+        "photos": len({c.photo for c in cases}),
+        "cases": summary["cases"],
+        "clean_cases": sum(c.label == 0 for c in cases),
+        **{key: summary[key] for key in ("balanced_accuracy", "clean_fpr", "visible_detection", "auroc_all")},
+    }
+
+
+def by_group(cases: Sequence[PhotoCase], scorer: Scorer, sources: dict[str, Source]) -> dict[str, dict]:
+    """Every source group's figures, with whether the model saw it and its splits and tags."""
+    groups: dict[str, list[PhotoCase]] = {}
+    for case in cases:
+        groups.setdefault(sources[case.photo].group, []).append(case)
+    table = {}
+    for group, members in sorted(groups.items()):
+        photos = [sources[photo] for photo in dict.fromkeys(c.photo for c in members)]
+        table[group] = {
+            "seen": photos[0].seen,
+            "splits": sorted({photo.split for photo in photos}),
+            "tags": sorted({tag for photo in photos for tag in photo.tags}),
+            **brief(members, scorer, sources),
+        }
+    return table
+
+
+def worst_group(groups: dict[str, dict]) -> str | None:
+    """The held-out group whose clean photos are flagged most (the one with more clean images on a tie)."""
+    held_out = {g: row for g, row in groups.items() if row["seen"] == HELD_OUT and row["clean_cases"]}
+    return max(held_out, key=lambda g: (held_out[g]["clean_fpr"], held_out[g]["clean_cases"]), default=None)
+
+
+def by_tag(cases: Sequence[PhotoCase], scorer: Scorer, sources: dict[str, Source]) -> dict[str, dict]:
+    """Clean false alarms by content tag (a photo counts under each of its tags; "untagged" if none), on photos
+    of held-out sources and, apart, of seen ones."""
+    table: dict[str, dict] = {}
+    for case in (c for c in cases if c.label == 0 and c.id in scorer.score):
+        source = sources[case.photo]
+        part = "held_out" if source.seen == HELD_OUT else "seen"
+        for tag in source.tags or ("untagged",):
+            row = table.setdefault(
+                tag, {p: {"photos": set(), "clean_cases": 0, "flagged": 0} for p in ("held_out", "seen")}
+            )
+            row[part]["photos"].add(case.photo)
+            row[part]["clean_cases"] += 1
+            row[part]["flagged"] += bool(scorer.decide(scorer.score[case.id]))
+    return {
+        tag: {
+            part: {"photos": len(c["photos"]), "clean_cases": c["clean_cases"], "clean_fpr": rate_of(c)}
+            for part, c in row.items()
+        }
+        for tag, row in sorted(table.items())
+    }
+
+
+def rate_of(counts: dict) -> float:
+    return counts["flagged"] / counts["clean_cases"] if counts["clean_cases"] else float("nan")
+
+
+def false_alarms(cases: CaseSet, scorer: Scorer, sources: dict[str, Source]) -> list[dict]:
+    """Each clean photo flagged at some size or quality: which saves, its source, and the file of its most
+    confidently flagged save (for the report's contact sheet); held-out sources first, then by score."""
+    flagged: dict[str, list[PhotoCase]] = {}
+    clean: dict[str, int] = {}
+    for case in (c for c in cases.cases() if c.label == 0 and c.id in scorer.score):
+        clean[case.photo] = clean.get(case.photo, 0) + 1
+        if scorer.decide(scorer.score[case.id]):
+            flagged.setdefault(case.photo, []).append(case)
+    alarms = []
+    for photo, hits in flagged.items():
+        worst = max(hits, key=lambda c: scorer.score[c.id])
+        source = sources[photo]
+        alarms.append(
+            {
+                "photo": photo,
+                "group": source.group,
+                "seen": source.seen,
+                "tags": list(source.tags),
+                "flagged": [f"{c.bucket} {c.variant.removeprefix('clean ')}" for c in hits],
+                "clean_cases": clean[photo],
+                "score": scorer.score[worst.id],
+                "file": str(cases.folder / worst.file),
+            }
+        )
+    return sorted(alarms, key=lambda a: (a["seen"] != HELD_OUT, -a["score"]))
+
+
+def evaluate_photos(
+    detector: CorruptionDetector, cases: CaseSet, peer_scorers: Sequence[Scorer], sources: dict[str, Source]
+) -> dict:
+    """The detector (and the peers) on photos of sources it never saw: the headline; the same figures on the
+    sources it saw and on the whole test split, apart; every group's figures, false alarms by tag and by photo."""
+    listed = cases.cases()
+    model = Scorer("detector", model_scores(detector, cases), is_corrupted)
+    held_out = [c for c in listed if sources[c.photo].seen == HELD_OUT]
+    parts = {
+        "sources never seen (held out)": held_out,
+        "sources seen in training": [c for c in listed if sources[c.photo].seen == SEEN_IN_TRAINING],
+        "sources seen in calibration only": [c for c in listed if sources[c.photo].seen == SEEN_IN_CALIBRATION],
+        "the test split, by photo": [c for c in listed if sources[c.photo].split == "test"],
+    }
+    groups = by_group(listed, model, sources)
+    return {
+        "held_out": compare(held_out, [model, *peer_scorers]) if held_out else None,
+        "parts": {name: brief(part, model, sources) for name, part in parts.items() if part},
+        "groups": groups,
+        "worst_group": worst_group(groups),
+        "tags": by_tag(listed, model, sources),
+        "false_alarms": false_alarms(cases, model, sources),
     }

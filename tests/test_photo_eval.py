@@ -1,6 +1,7 @@
 """The photo evaluation: cases made once at every size, every scorer on the same bytes, and the tables."""
 
 import json
+from dataclasses import asdict
 
 import cv2
 import numpy as np
@@ -8,19 +9,35 @@ import pytest
 from PIL import Image, ImageFilter
 
 from detector.corruptions import KINDS
+from detector.model import is_corrupted
+from detector.paths import SHIPPED_WEIGHTS
 from evaluation import evaluate
 from evaluation.photo_eval import (
     BUCKETS,
+    HELD_OUT,
+    SEEN_IN_CALIBRATION,
+    SEEN_IN_TRAINING,
+    SHIPPED_MODEL_PHOTOS,
     CaseSet,
     FixedBrisque,
+    ModelPhotos,
     PhotoCase,
     Scorer,
+    Source,
     brisque_score,
     bucket_of,
+    by_group,
+    by_tag,
+    false_alarms,
     laplacian_variance,
+    model_photos,
     photo_cases,
+    photo_sources,
     summarise,
+    worst_group,
 )
+from evaluation.report import SHEET_COLUMNS, THUMBNAIL, draw_contact_sheet
+from tests.test_photo_data import built
 from training.corpus import load_built
 from training.photo_data import encode_jpeg
 
@@ -60,8 +77,10 @@ def test_sizes_fall_in_their_bucket(long_side, bucket):
     assert bucket_of(long_side) == bucket
 
 
-def case(case_id: str, label: int, family: str | None = None, severity: int = 0, variant: str = "clean q92"):
-    return PhotoCase(case_id, "p", "640", 640, 480, variant, family and "k", family, severity, label)
+def case(
+    case_id: str, label: int, family: str | None = None, severity: int = 0, variant: str = "clean q92", photo="p"
+) -> PhotoCase:
+    return PhotoCase(case_id, photo, "640", 640, 480, variant, family and "k", family, severity, label)
 
 
 def test_summary_counts_false_positives_detection_and_auroc():
@@ -125,15 +144,22 @@ def test_evaluate_writes_the_photo_and_cifar_report(trained, mini_corpus, tmp_pa
         ]
     )
     results = json.loads((reports / "robustness.json").read_text())
-    assert set(results["photos"]["scorers"]) == {"detector", "laplacian var < 100", "BRISQUE", "heuristic baseline"}
+    photos = results["photos"]
+    held_out = photos["held_out"]
+    assert set(held_out["scorers"]) == {"detector", "laplacian var < 100", "BRISQUE", "heuristic baseline"}
+    assert photos["model_photos"] == "the checkpoint's own record"
+    assert photos["groups"]["matplotlib"]["seen"] == HELD_OUT and photos["worst_group"] == "matplotlib"
+    assert next(iter(photos["parts"])) == "sources never seen (held out)"
     assert results["cifar"]["training_kinds"]["samples"] == 12 * (1 + 5 * 5)
     report = (reports / "robustness.md").read_text()
-    for section in ("## Targets", "## Camera photos", "### Side by side", "## CIFAR-10", "### CIFAR-10-C kinds"):
+    sections = ("## Targets", "## Camera photos, by source", "### Every source group", "content tag", "### Side by")
+    for section in (*sections, "## CIFAR-10", "### CIFAR-10-C kinds", "leave-one-group-out"):
         assert section in report
     for figure in ("photo_detection_by_severity", "detection_by_severity", "heldout_by_severity", "reliability"):
         assert (reports / f"{figure}.png").stat().st_size > 1000 and f"({figure}.png)" in report
-    printed = capsys.readouterr().out
-    assert "photos (1 test photos" in printed and f"report: {reports / 'robustness.md'}" in printed
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("photos, sources never seen (held out): 1 source groups, 1 photos")
+    assert f"report: {reports / 'robustness.md'}" in printed
     with pytest.raises(SystemExit) as failed:
         evaluate.main(
             [
@@ -150,3 +176,70 @@ def test_evaluate_writes_the_photo_and_cifar_report(trained, mini_corpus, tmp_pa
             ]
         )
     assert failed.value.code == 1, "a ten-step model meets no target: --check fails"
+
+
+def test_a_group_is_seen_under_the_name_it_was_recorded_with_or_its_name_now():
+    corpus = [
+        built("a", "train", "kphotoalbum", group="kphotoalbum:Ann"),
+        built("b", "test", "kphotoalbum", group="kphotoalbum:Bob"),
+        built("c", "test", "kphotoalbum", group="kphotoalbum:Ann"),
+        built("d", "test", "plasma"),
+        built("e", "val", "lomiri"),
+    ]
+    seen = ModelPhotos(train={"a": "kphotoalbum", "gone": "plasma"}, val={"e": "lomiri"}, record="test")
+    sources = photo_sources(corpus, seen)
+    assert {i: s.seen for i, s in sources.items()} == {
+        "a": SEEN_IN_TRAINING,
+        "b": HELD_OUT,
+        "c": SEEN_IN_TRAINING,
+        "d": SEEN_IN_TRAINING,
+        "e": SEEN_IN_CALIBRATION,
+    }
+
+
+def test_the_shipped_weights_are_judged_against_the_split_they_were_trained_with():
+    seen = model_photos(SHIPPED_WEIGHTS, [])
+    assert seen.record.startswith(SHIPPED_MODEL_PHOTOS.name)
+    assert len(seen.train) == 87 and len(seen.val) == 19 and seen.train["kphotoalbum--anne-helene"] == "kphotoalbum"
+
+
+def test_groups_tags_and_false_alarms_are_counted_per_source(tmp_path):
+    sources = {
+        "p": Source("g1", ("macro",), "test", HELD_OUT),
+        "q": Source("g2", (), "test", HELD_OUT),
+        "r": Source("g3", ("macro",), "train", SEEN_IN_TRAINING),
+    }
+    cases = [
+        case("p-c1", 0, photo="p"),
+        case("p-c2", 0, photo="p", variant="clean q80"),
+        case("p-n3", 1, "noise", 3, "k", photo="p"),
+        case("q-c1", 0, photo="q"),
+        case("q-n3", 1, "noise", 3, "k", photo="q"),
+        case("r-c1", 0, photo="r"),
+    ]
+    scorer = Scorer(
+        "detector", {"p-c1": 0.2, "p-c2": 0.9, "p-n3": 0.8, "q-c1": 0.1, "q-n3": 0.3, "r-c1": 0.7}, is_corrupted
+    )
+    groups = by_group(cases, scorer, sources)
+    assert groups["g1"]["clean_fpr"] == 0.5 and groups["g2"]["clean_fpr"] == 0.0 and groups["g3"]["seen"] == "train"
+    assert worst_group(groups) == "g1", "the worst of the held-out groups; g3 was seen"
+    tags = by_tag(cases, scorer, sources)
+    assert tags["macro"]["held_out"] == {"photos": 1, "clean_cases": 2, "clean_fpr": 0.5}
+    assert tags["macro"]["seen"]["clean_fpr"] == 1.0 and tags["untagged"]["held_out"]["clean_fpr"] == 0.0
+    (tmp_path / "cases.json").write_text(json.dumps({"key": {}, "cases": [asdict(c) for c in cases]}))
+    alarms = false_alarms(CaseSet(tmp_path), scorer, sources)
+    assert [(a["photo"], a["flagged"], a["clean_cases"]) for a in alarms] == [
+        ("p", ["640 q80"], 2),
+        ("r", ["640 q92"], 1),
+    ]
+    assert alarms[0]["file"] == str(tmp_path / "p-c2.jpg")
+
+
+def test_the_contact_sheet_shows_each_flagged_clean_photo(tmp_path, photo):
+    _, image = photo
+    (tmp_path / "a.jpg").write_bytes(encode_jpeg(image, 92))
+    alarm = {"photo": "a", "group": "g", "seen": HELD_OUT, "flagged": ["640 q92"], "score": 0.9}
+    shown = {**alarm, "file": str(tmp_path / "a.jpg")}
+    draw_contact_sheet([shown, {**alarm, "file": str(tmp_path / "missing.jpg")}], tmp_path / "sheet.jpg")
+    sheet = Image.open(tmp_path / "sheet.jpg")
+    assert sheet.size == (SHEET_COLUMNS * (THUMBNAIL + 8), THUMBNAIL + 3 * 12 + 8)
