@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ts import model_server
 
-# In the image: /app/container/entrypoint.py, /app/config.properties; in the repository: the same layout.
+# In the image: /app/container/entrypoint.py, /app/config.properties; in the repository: the same layout. The image
+# holds no detector/ (only the archive packs it), so this is not detector.paths.ROOT, though it names the same place.
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config.properties"
 # Logs to stdout only (kubectl logs), none to files on the container's disk.
