@@ -18,6 +18,7 @@ README "Reliability" states the budget beside the memory budget; `python -m benc
 most expensive call that fits it on one core (the figure must stay well under responseTimeout).
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from detector.decoding import BadImageError
@@ -55,3 +56,17 @@ def refusal(work: Work) -> BadImageError | None:
             "per request: send fewer images per request",
         )
     return None
+
+
+def over_budget(
+    sizes: Sequence[tuple[int, int] | None], explain: Sequence[bool], requests: Sequence[int]
+) -> dict[int, BadImageError]:
+    """The requests over the budget, with why: image i declares `sizes[i]` (None: refused already), asks for an
+    explanation if `explain[i]`, and came in request `requests[i]`."""
+    work: dict[int, Work] = {}
+    for size, wanted, request in zip(sizes, explain, requests, strict=True):
+        pixels = size[0] * size[1] if size else 0
+        so_far = work.get(request, Work(0, 0, 0))
+        work[request] = Work(so_far.images + 1, so_far.pixels + pixels, so_far.explanations + int(wanted))
+    refused = {request: refusal(asked) for request, asked in work.items()}
+    return {request: error for request, error in refused.items() if error is not None}

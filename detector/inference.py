@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from detector.budget import Work, refusal
+from detector.budget import over_budget
 from detector.corruptions import TYPES
 from detector.decoding import BadImageError, load_rgb, open_image
 from detector.explain import GradCamExplainer, explanation_body
@@ -89,7 +89,8 @@ class CorruptionDetector:
         explain = list(explain) if explain is not None else [False] * len(payloads)
         requests = list(requests) if requests is not None else list(range(len(payloads)))
         opened = [self._open(payload) for payload in payloads]
-        refusals = over_budget([image for image, _ in opened], explain, requests)
+        sizes = [None if isinstance(image, BadImageError) else image.size for image, _ in opened]
+        refusals = over_budget(sizes, explain, requests)
         prepared = [
             self._views(image, seconds, refusals.get(request))
             for (image, seconds), request in zip(opened, requests, strict=True)
@@ -153,16 +154,3 @@ class CorruptionDetector:
         except BadImageError as error:
             views = error
         return views, (seconds or 0.0) + time.perf_counter() - start
-
-
-def over_budget(
-    images: Sequence[Image.Image | BadImageError], explain: Sequence[bool], requests: Sequence[int]
-) -> dict[int, BadImageError]:
-    """The requests whose images, explanations or declared pixels exceed detector.budget, with why."""
-    work: dict[int, Work] = {}
-    for image, wanted, request in zip(images, explain, requests, strict=True):
-        pixels = 0 if isinstance(image, BadImageError) else image.width * image.height
-        so_far = work.get(request, Work(0, 0, 0))
-        work[request] = Work(so_far.images + 1, so_far.pixels + pixels, so_far.explanations + int(wanted))
-    refused = {request: refusal(asked) for request, asked in work.items()}
-    return {request: error for request, error in refused.items() if error is not None}

@@ -47,9 +47,23 @@ def pod_spec(objects: dict[str, dict]) -> dict:
     return objects["Deployment"]["spec"]["template"]["spec"]
 
 
-def serving_container(objects: dict[str, dict]) -> dict:
-    (container,) = pod_spec(objects)["containers"]
+def named_container(objects: dict[str, dict], name: str) -> dict:
+    (container,) = [c for c in pod_spec(objects)["containers"] if c["name"] == name]
     return container
+
+
+def serving_container(objects: dict[str, dict]) -> dict:
+    return named_container(objects, "torchserve")
+
+
+def container_ports(objects: dict[str, dict]) -> dict[str, int]:
+    """Every named container port of the pod."""
+    return {p["name"]: p["containerPort"] for c in pod_spec(objects)["containers"] for p in c.get("ports", [])}
+
+
+def proxy_setting(name: str) -> str:
+    """A directive's value in the proxy's nginx.conf."""
+    return re.search(rf"^\s*{name}\s+([^;]+);", (K8S / "base" / "proxy.conf").read_text(), re.M)[1]
 
 
 def memory_bytes(quantity: str) -> int:
@@ -94,6 +108,7 @@ def test_kustomize_output_validates_strictly(name, version):
     objects = render(VARIANTS[name])
     assert {obj["kind"] for obj in objects} == {
         "Namespace",
+        "ConfigMap",
         "Deployment",
         "Service",
         "HorizontalPodAutoscaler",
@@ -127,9 +142,7 @@ def test_service_exposes_only_the_inference_port(variant):
     _, objects = variant
     service = objects["Service"]["spec"]
     (port,) = service["ports"]
-    container = serving_container(objects)
-    named = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert named[port["targetPort"]] == 8080
+    assert container_ports(objects)[port["targetPort"]] == int(proxy_setting("listen")), "clients go through nginx"
     assert service["type"] == "ClusterIP"
     assert service["selector"].items() <= objects["Deployment"]["spec"]["template"]["metadata"]["labels"].items()
 
@@ -139,7 +152,7 @@ def test_management_api_is_never_exposed(variant):
     spec = pod_spec(objects)
     assert not spec.get("hostNetwork")
     ports = [p for c in spec["containers"] + spec["initContainers"] for p in c.get("ports", [])]
-    assert {p["containerPort"] for p in ports} == {8080, 8082}
+    assert {p["containerPort"] for p in ports} == {8080, 8082, int(proxy_setting("listen"))}
     assert not any("hostPort" in p for p in ports)
     assert "management_address=http://127.0.0.1:" in (ROOT / "config.properties").read_text()
 
@@ -163,10 +176,13 @@ def test_probes_gate_traffic_on_a_model_that_answers(variant):
 
 def test_graceful_shutdown_fits_the_grace_period(variant):
     _, objects = variant
-    container = serving_container(objects)
-    command = container["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[0] == "sleep"
-    assert pod_spec(objects)["terminationGracePeriodSeconds"] >= int(command[1]) + 10
+    sleeps = {}
+    for name in ("torchserve", "proxy"):
+        command = named_container(objects, name)["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep"
+        sleeps[name] = int(command[1])
+    assert sleeps["proxy"] >= sleeps["torchserve"] + 10, "nginx forwards until TorchServe has drained"
+    assert pod_spec(objects)["terminationGracePeriodSeconds"] >= max(sleeps.values()) + 10
 
 
 def test_resources_give_guaranteed_qos_and_one_core_per_worker_thread(variant):
@@ -266,7 +282,7 @@ def test_network_policy_admits_only_the_ingress_to_inference_and_prometheus_to_m
     labels = objects["Deployment"]["spec"]["template"]["metadata"]["labels"]
     assert policy["podSelector"]["matchLabels"].items() <= labels.items()
     assert policy["policyTypes"] == ["Ingress"]  # selected pods: everything not admitted below is dropped
-    ports = {p["name"]: p["containerPort"] for p in serving_container(objects)["ports"]}
+    ports = container_ports(objects)
     admitted = {}
     for rule in policy["ingress"]:
         (source,) = rule["from"]
@@ -276,7 +292,7 @@ def test_network_policy_admits_only_the_ingress_to_inference_and_prometheus_to_m
         (port,) = rule["ports"]
         assert port["protocol"] == "TCP"
         admitted[ports[port["port"]]] = namespace[1]
-    assert admitted == {8080: "ingress-nginx", 8082: "monitoring"}
+    assert admitted == {int(proxy_setting("listen")): "ingress-nginx", 8082: "monitoring"}
 
 
 def test_gpu_overlay_asks_for_a_gpu_and_runs_the_cuda_image():
@@ -352,3 +368,26 @@ def test_capacity_command_prints_the_plan(capsys):
     out = capsys.readouterr().out
     assert "HPA settles on 8 replicas at 62% CPU each" in out
     assert "headroom +60%" in out
+
+
+def test_the_proxy_fronts_torchserve_within_its_budgets(variant):
+    """nginx forwards to TorchServe's port, refuses bodies over max_request_size itself, lets in at most the C = 32
+    requests TorchServe's heap was sized for, waits longer than responseTimeout, and buffers bodies in an emptyDir
+    that holds every request it admits."""
+    _, objects = variant
+    properties = (ROOT / "config.properties").read_text()
+    upstream = re.search(r"server 127\.0\.0\.1:(\d+) max_conns=(\d+);", (K8S / "base" / "proxy.conf").read_text())
+    assert int(upstream[1]) == container_ports(objects)["http"]
+    assert int(upstream[2]) <= 32 == int(re.search(r"C = (\d+) concurrent uploads", properties)[1])
+    max_request = int(re.search(r"^max_request_size=(\d+)$", properties, re.M)[1])
+    assert proxy_setting("client_max_body_size") == f"{max_request // MIB}m"
+    assert proxy_setting("proxy_request_buffering") == "on"
+    assert int(proxy_setting("proxy_read_timeout").rstrip("s")) > MODEL_CONFIG["responseTimeout"]
+    proxy = named_container(objects, "proxy")
+    volumes = {v["name"]: v for v in pod_spec(objects)["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in proxy["volumeMounts"]}
+    assert volumes[mounts["/etc/nginx/proxy"]]["configMap"]["name"].startswith("corruption-detector-proxy")
+    assert proxy["command"][:3] == ["nginx", "-c", "/etc/nginx/proxy/nginx.conf"]
+    admitted = int(re.search(r"limit_conn pod (\d+);", (K8S / "base" / "proxy.conf").read_text())[1])
+    assert memory_bytes(volumes[mounts["/tmp/nginx"]]["emptyDir"]["sizeLimit"]) >= admitted * max_request
+    assert objects["ConfigMap"]["data"]["nginx.conf"] == (K8S / "base" / "proxy.conf").read_text()
