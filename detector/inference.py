@@ -91,10 +91,11 @@ class CorruptionDetector:
         opened = [self._open(payload) for payload in payloads]
         sizes = [None if isinstance(image, BadImageError) else image.size for image, _ in opened]
         refusals = over_budget(sizes, explain, requests)
-        prepared = [
-            self._views(image, seconds, refusals.get(request))
-            for (image, seconds), request in zip(opened, requests, strict=True)
-        ]
+        prepared = []
+        for index, request in enumerate(requests):
+            image, seconds = opened[index]
+            opened[index] = None  # an opened image keeps its decoded pixels: one image's at a time, never the batch's
+            prepared.append(self._views(image, seconds, refusals.get(request)))
         good = [index for index, (views, _) in enumerate(prepared) if isinstance(views, Views)]
         bodies = dict(zip(good, self.answer([prepared[i][0] for i in good], [explain[i] for i in good]), strict=True))
         return [

@@ -1,12 +1,17 @@
 """The one batch pipeline of the core: records in request order, refusals in place, explanations of the view
 that decided, at the image's aspect ratio."""
 
+import subprocess
+import sys
+
 import pytest
 from PIL import Image
 
 from bench.inputs import encode
+from bench.limits import MAKERS
+from bench.torchserve import ROOT
 from detector.budget import MAX_EXPLANATIONS, MAX_IMAGES, MAX_PIXELS, Work, refusal
-from detector.decoding import BadImageError
+from detector.decoding import BadImageError, decode_bytes, open_image
 from detector.explain import HEATMAP_CELLS
 from detector.inference import CorruptionDetector
 from detector.paths import SHIPPED_WEIGHTS
@@ -65,3 +70,31 @@ def test_the_budget_admits_a_request_at_every_limit(detector):
     assert refusal(Work(MAX_IMAGES, MAX_PIXELS, MAX_EXPLANATIONS)) is None
     records = detector.run([small] * MAX_EXPLANATIONS, [True] * MAX_EXPLANATIONS, [0] * MAX_EXPLANATIONS)
     assert all(record.error is None for record in records)
+
+
+# Runs in a fresh interpreter: the peak RSS growth (bytes) of one detector call over 16 large images of one request.
+ONE_CALL = """
+import re, sys, torch
+from pathlib import Path
+from bench.limits import MAKERS
+from detector.inference import CorruptionDetector
+from detector.paths import SHIPPED_WEIGHTS
+def kib(field): return int(re.search(field + r":\\s+(\\d+) kB", Path("/proc/self/status").read_text())[1])
+torch.set_num_threads(1)
+detector = CorruptionDetector(SHIPPED_WEIGHTS)
+image = MAKERS["JPEG, EXIF-rotated"](2496, 2496, False)
+detector.run([image], [False], [0])  # warm: the model's own buffers
+Path("/proc/self/clear_refs").write_text("5")
+before = kib("VmRSS")
+detector.run([image] * 16, [False] * 16, [0] * 16)
+print((kib("VmHWM") - before) * 1024)
+"""
+
+
+def test_a_call_holds_one_decoded_image_at_a_time():
+    """A request's images are opened together (for the budget) but decoded one by one, each freed before the next."""
+    image = MAKERS["JPEG, EXIF-rotated"](2496, 2496, False)
+    one = decode_bytes(open_image(image))
+    result = subprocess.run([sys.executable, "-c", ONE_CALL], capture_output=True, text=True, cwd=ROOT, check=True)
+    grown = int(result.stdout.split()[-1])
+    assert grown < 3 * one + 64 * 2**20, f"{grown / 2**20:.0f} MiB for 16 images of {one / 2**20:.0f} MiB each"
