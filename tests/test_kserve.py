@@ -202,8 +202,8 @@ def test_the_inference_service_uses_the_stock_torchserve_runtime_of_the_tested_r
     assert model["runtimeVersion"] == ts.version.__version__
     assert model["protocolVersion"] in ("v1", "v2") and model["storageUri"]
     deployment = yaml.safe_load((ROOT / "k8s" / "base" / "deployment.yaml").read_text())
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    assert model["resources"] == container["resources"], "sized like the plain Deployment (k8s/README.md)"
+    (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "torchserve"]
+    assert model["resources"] == container["resources"], "sized like the plain Deployment's TorchServe (k8s/README.md)"
     kustomization = yaml.safe_load((KSERVE / "kustomization.yaml").read_text())
     assert kustomization["resources"] == ["inferenceservice.yaml"]
 
