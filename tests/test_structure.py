@@ -102,3 +102,31 @@ def test_real_files_stay_far_below_the_caps():
     progressive = encode(textured(640, 480), "JPEG", progressive=True, quality=90)
     assert progressive.count(b"\xff\xda") * 4 < MAX_JPEG_SCANS
     assert MAX_JPEG_SEGMENTS >= 1024 and PNG_FREE_CHUNKS >= 1024 and MAX_GIF_BLOCKS >= 4096
+
+
+def gif_cut_short(side: int = 300) -> bytes:
+    """A GIF whose image data stops, properly terminated, after a quarter of its sub-blocks."""
+    data = encode(textured(side, side).convert("P"), "GIF")
+    position = 13 + 768  # header and global colour table
+    while data[position] == 0x21:  # extensions: label, then sub-blocks up to an empty one
+        position += 2
+        while data[position]:
+            position += 1 + data[position]
+        position += 1
+    blocks, position = [], position + 11  # image descriptor and LZW code size
+    while data[position]:
+        blocks.append(position)
+        position += 1 + data[position]
+    return data[: blocks[len(blocks) // 4]] + b"\x00\x3b"
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF", "TIFF deflate", "BMP", "WEBP"])
+def test_other_formats_whose_data_ends_early_are_refused(fmt):
+    """Pillow and its codecs refuse these themselves: pinned here beside the PNG and JPEG checks."""
+    if fmt == "GIF":
+        data = gif_cut_short()
+    else:
+        name, *compression = fmt.split()
+        data = encode(textured(300, 300), name, **({"compression": "tiff_deflate"} if compression else {}))
+        data = data[: len(data) // 2]
+    assert refusal(data) in ("truncated_image", "not_an_image")
