@@ -17,6 +17,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from dataclasses import dataclass
 
 from detector.budget import MAX_IMAGES
@@ -42,6 +43,9 @@ CLASSES = ("clean", "corrupted")
 V2_OUTPUTS = ("label", "confidence", "probs", "corruption_type", "explanation")
 # A v2 tensor has at most this many dimensions (its "data" nests at most this deep).
 MAX_V2_DIMENSIONS = 8
+# What a JSON object body starts with (JSON's whitespace, then a brace).
+JSON_OBJECT_START = re.compile(r"[ \t\r\n]*\{")
+JSON_OBJECT_START_BYTES = re.compile(rb"[ \t\r\n]*\{")
 # Client text quoted in a refusal message: at most this many characters.
 QUOTE_CHARACTERS = 40
 
@@ -111,11 +115,11 @@ def _decode_base64(text: str, where: str = "the body") -> bytes:
 def _json_object(value: bytes | str) -> dict | None:
     """A JSON object sent as bytes or text (any Content-Type but exactly application/json), or None if the body
     is not JSON at all. A body that starts like a JSON object but does not parse is refused: no image starts so."""
-    text = value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else value
-    if not text.lstrip().startswith("{"):
+    start = JSON_OBJECT_START if isinstance(value, str) else JSON_OBJECT_START_BYTES
+    if not start.match(value):  # no copy of a 16 MiB image body just to look at its first byte
         return None
     try:
-        parsed = json.loads(text)
+        parsed = json.loads(value)
     except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than the parser recurses
         raise BadImageError(
             "invalid_json", "the body starts like a JSON object but is not valid JSON (or nests too deep)"
