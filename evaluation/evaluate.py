@@ -36,7 +36,16 @@ from evaluation.baseline import HeuristicBaseline
 from evaluation.grid import CorruptionGrid, Materialised
 from evaluation.heldout import HELDOUT
 from evaluation.metrics import Scores, calibration, score, summarise, type_confusion
-from evaluation.photo_eval import BUCKETS, CaseSet, Scorer, evaluate_photos, model_photos, peers, photo_sources
+from evaluation.photo_eval import (
+    BUCKETS,
+    CaseSet,
+    Scorer,
+    evaluate_photos,
+    model_photos,
+    model_scores,
+    peers,
+    photo_sources,
+)
 from evaluation.report import headline, targets, write_report
 from training.corpus import SPLITS, BuiltPhoto, load_built
 from training.data import SUBSET, load_clean_images
@@ -119,6 +128,9 @@ def evaluate_photo_corpus(detector: CorruptionDetector, args: argparse.Namespace
     scope, photos = evaluated_photos(corpus, args)
     cases, val = CaseSet(args.cases / scope), CaseSet(args.cases / "val")
     cases.build(photos[: args.photo_limit], args.photos, args.severities, args.buckets)
+    model = Scorer("detector", model_scores(detector, cases), is_corrupted)
+    if args.save_scores:
+        args.save_scores.write_text(json.dumps(model.score))
     scorers = extra_scorers(args.extra_scores)
     if not args.no_peers:
         val.build([p for p in corpus if p.split == "val"], args.photos, severities=(), buckets=args.buckets)
@@ -129,7 +141,8 @@ def evaluate_photo_corpus(detector: CorruptionDetector, args: argparse.Namespace
         "model_photos": seen.record,
         "shared_groups": shared_groups(corpus),
         "buckets": list(args.buckets),
-        **evaluate_photos(detector, cases, scorers, photo_sources(corpus, seen)),
+        "severities": list(args.severities),
+        **evaluate_photos(model, cases, scorers, photo_sources(corpus, seen)),
     }
 
 
@@ -148,8 +161,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--list-groups", action="store_true", help="print the corpus's source groups and stop")
     parser.add_argument("--buckets", nargs="+", default=list(BUCKETS), choices=BUCKETS, help="photo size buckets")
     parser.add_argument("--no-peers", action="store_true", help="score photos with the detector only")
-    parser.add_argument("--severities", type=int, nargs="+", default=list(SEVERITIES))
+    parser.add_argument("--severities", type=int, nargs="*", default=list(SEVERITIES), help="none: clean photos only")
     parser.add_argument("--extra-scores", nargs="*", default=[], help="NAME=FILE.json of P(corrupted) per case id")
+    parser.add_argument("--save-scores", type=Path, default=None, help="write the detector's scores (--extra-scores)")
     parser.add_argument("--no-photos", action="store_true", help="skip the photo evaluation")
     parser.add_argument("--cifar-test", default=str(SUBSET / "test"), help="CIFAR test images (folder or 'cifar10')")
     parser.add_argument("--cifar-train", default=str(SUBSET / "train"), help="images the CIFAR baseline is fitted on")

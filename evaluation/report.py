@@ -157,7 +157,7 @@ def headline(results: dict) -> str:
 
 
 LOGO_COMMAND = """.venv/bin/python -m evaluation.evaluate --list-groups --photos data/photos | while read -r group; do
-  fold="checkpoints/logo/$(echo "$group" | tr -c 'A-Za-z0-9.-' _)"
+  fold="checkpoints/logo/$(printf %s "$group" | tr -c 'A-Za-z0-9.-' _)"
   .venv/bin/python -m training.train --photos data/photos --steps 300 --exclude-groups "$group" --out "$fold"
   .venv/bin/python -m evaluation.evaluate --model "$fold/model.pt" --groups "$group" --no-peers --limit 200 \\
       --baseline-images 200 --cases "$fold/cases" --reports "$fold/reports"
@@ -175,7 +175,8 @@ def source_sections(photos: dict) -> list[str]:
     lines = [
         "## Camera photos, by source",
         "",
-        f"Evaluated: {scope}, at size buckets {', '.join(photos['buckets'])}. A source group is a package, or the "
+        f"Evaluated: {scope}, at size buckets {', '.join(photos['buckets'])}, damaged at severities "
+        f"{', '.join(map(str, photos['severities'])) or 'none (clean only)'}. A source group is a package, or the "
         "photographer or camera where the package says so. A group is **held out** when the model learnt from no "
         "photo of it and was calibrated on none; the headline and the targets count held-out groups only. Groups "
         "it saw are reported apart, never mixed in: their figures measure sources it learnt. What the model saw "
@@ -252,12 +253,13 @@ def source_sections(photos: dict) -> list[str]:
         "",
         "### What each figure is, and leave-one-group-out",
         "",
-        "- *sources never seen (held out)*: the shipped model on groups it neither learnt from nor was calibrated "
-        "on. The honest figure for users' photos, as far as these groups resemble them.",
+        "- *sources never seen (held out)*: the model on groups it neither learnt from nor was calibrated on. The "
+        "honest figure for users' photos, as far as these groups resemble them.",
         "- *sources seen in training / in calibration only*: the same model on groups it learnt from, or whose "
         "clean photos set its operating point. Optimistic by construction; shown to size the gap, not as a result.",
-        "- *the test split, by photo*: every test-split photo whatever its group, the figure earlier reports "
-        "headlined.",
+        "- *the corpus's test split, whatever the model saw*: every test-split photo, whatever its group. On a "
+        "corpus split by photo, or one re-split after the model was trained, it mixes sources the model learnt "
+        "with new ones: the figure earlier reports headlined.",
         "",
         "`--all-groups` evaluates every photo of the corpus, so every group is tested once, but the groups the "
         "model saw stay marked and apart. True leave-one-group-out cross-validation retrains per fold, which this "
@@ -273,8 +275,8 @@ def source_sections(photos: dict) -> list[str]:
     return lines
 
 
-def photo_sections(photos: dict) -> list[str]:
-    """The per-family tables, on the held-out sources' photos."""
+def photo_sections(photos: dict, severities: list[int]) -> list[str]:
+    """The per-family tables, on the held-out sources' photos (damaged at `severities`)."""
     scorers = photos["scorers"]
     detector = scorers[DETECTOR]
     lines = [
@@ -284,7 +286,8 @@ def photo_sections(photos: dict) -> list[str]:
         "each at every size bucket it reaches "
         + ", ".join(f"{b}: {n} photos" for b, n in photos["buckets"].items())
         + f"; {photos['cases']} images in all. Clean: saved at JPEG q92 and q80. Corrupted: every kind of "
-        "`detector/corruptions.py` at severities 1-5, applied at that size, then saved as a camera saves it "
+        f"`detector/corruptions.py` at severities {', '.join(map(str, severities))}, applied at that size, then saved "
+        "as a camera saves it "
         f"(q92). Visible severities are {VISIBLE_SEVERITY}-5. The detector reads the bytes as the server does.",
         "",
         "### Side by side (AUROC, clean vs each family)",
@@ -504,7 +507,8 @@ def draw_contact_sheet(alarms: list[dict], path: Path) -> None:
         frame = "red" if alarm["seen"] == HELD_OUT else "grey"
         draw.rectangle((left + 1, top + 1, left + cell[0] - 2, top + THUMBNAIL + 6), outline=frame, width=3)
         sheet.paste(thumbnail, (left + 4 + (THUMBNAIL - thumbnail.width) // 2, top + 4))
-        text = [alarm["photo"][:34], alarm["group"][:34], f"P={alarm['score']:.2f} {len(alarm['flagged'])} saves"]
+        flagged = f"flagged {len(alarm['flagged'])} of {alarm['clean_cases']} saves"
+        text = [alarm["photo"][:34], alarm["group"][:34], f"P={alarm['score']:.2f}, {flagged}"]
         draw.multiline_text((left + 4, top + THUMBNAIL + 8), "\n".join(text), fill="black", spacing=1)
     sheet.save(path, quality=85)
 
@@ -554,7 +558,7 @@ def write_report(results: dict, folder: Path) -> Path:
         *(f"| {name} | {measured} | {verdict(ok)} |" for name, measured, ok in targets(results)),
         "",
         *(source_sections(photos) if photos else []),
-        *(photo_sections(photos["held_out"]) if photos and photos["held_out"] else []),
+        *(photo_sections(photos["held_out"], photos["severities"]) if photos and photos["held_out"] else []),
         *cifar_sections(cifar),
     ]
     path = folder / "robustness.md"

@@ -141,9 +141,12 @@ def test_evaluate_writes_the_photo_and_cifar_report(trained, mini_corpus, tmp_pa
             "60",
             "--reports",
             str(reports),
+            "--save-scores",
+            str(tmp_path / "scores.json"),
         ]
     )
     results = json.loads((reports / "robustness.json").read_text())
+    assert len(json.loads((tmp_path / "scores.json").read_text())) == 2 + len(KINDS), "the detector's, per case"
     photos = results["photos"]
     held_out = photos["held_out"]
     assert set(held_out["scorers"]) == {"detector", "laplacian var < 100", "BRISQUE", "heuristic baseline"}
@@ -238,7 +241,7 @@ def test_groups_tags_and_false_alarms_are_counted_per_source(tmp_path):
 def test_the_contact_sheet_shows_each_flagged_clean_photo(tmp_path, photo):
     _, image = photo
     (tmp_path / "a.jpg").write_bytes(encode_jpeg(image, 92))
-    alarm = {"photo": "a", "group": "g", "seen": HELD_OUT, "flagged": ["640 q92"], "score": 0.9}
+    alarm = {"photo": "a", "group": "g", "seen": HELD_OUT, "flagged": ["640 q92"], "clean_cases": 2, "score": 0.9}
     shown = {**alarm, "file": str(tmp_path / "a.jpg")}
     draw_contact_sheet([shown, {**alarm, "file": str(tmp_path / "missing.jpg")}], tmp_path / "sheet.jpg")
     sheet = Image.open(tmp_path / "sheet.jpg")
