@@ -7,6 +7,7 @@ import torch
 
 from detector.corruptions import CIFAR_CORRUPTIONS, SEVERITIES
 from evaluation.grid import CorruptionGrid
+from tests.conftest import MINI_CORPUS
 from training.data import find_images, load_clean_images, split_cifar, split_indices
 
 
@@ -22,8 +23,8 @@ def test_folder_is_searched_recursively_and_limited(subset, train_images):
 
 
 def test_larger_images_are_resized_to_the_small_side(tmp_path, mini_corpus):
-    images = load_clean_images(str(mini_corpus / "test"))
-    assert images.shape == (2, 3, 32, 32)
+    images = load_clean_images(str(mini_corpus / "train"))
+    assert images.shape == (len(MINI_CORPUS["train"]), 3, 32, 32)
 
 
 def test_empty_folder_is_an_error(tmp_path):
