@@ -15,6 +15,7 @@ Panoramas beyond MAX_ASPECT are seen through their central MAX_ASPECT:1 part. Th
 into the model archive, so the server runs the very code the model was trained with.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,13 +81,29 @@ def has_crops(width: int, height: int) -> bool:
     return min(width, height) > GLOBAL_SIDE * CROPS_FROM_DOWNSCALE
 
 
-def crop_boxes(width: int, height: int) -> tuple[Box, ...]:
-    """One CROP_SIZE square centred in each quadrant, its corner snapped to the CROP_GRID."""
+def grid_side(crops: int) -> int:
+    """Cells per side of the square grid of `crops` cells: a count that is no square has no such grid."""
+    side = math.isqrt(crops)
+    if crops < 1 or side * side != crops:
+        raise ValueError(f"{crops} crops do not form a square grid")
+    return side
+
+
+def crop_start(length: int, cell: int, side: int) -> int:
+    """Where a crop centred in this cell of `side` cells starts along one axis: inside the image, on the CROP_GRID."""
+    centre = (2 * cell + 1) * length // (2 * side)
+    return max(0, min(length - CROP_SIZE, centre - CROP_SIZE // 2)) // CROP_GRID * CROP_GRID
+
+
+def crop_boxes(width: int, height: int, crops: int = CROPS) -> tuple[Box, ...]:
+    """One CROP_SIZE square centred in each cell of a square grid of `crops` cells (CROPS: one per quadrant),
+    row by row, its corner snapped to the CROP_GRID."""
+    side = grid_side(crops)
     boxes = []
-    for row in (1, 3):
-        for column in (1, 3):
-            left = max(0, min(width - CROP_SIZE, column * width // 4 - CROP_SIZE // 2)) // CROP_GRID * CROP_GRID
-            top = max(0, min(height - CROP_SIZE, row * height // 4 - CROP_SIZE // 2)) // CROP_GRID * CROP_GRID
+    for row in range(side):
+        top = crop_start(height, row, side)
+        for column in range(side):
+            left = crop_start(width, column, side)
             boxes.append((left, top, left + CROP_SIZE, top + CROP_SIZE))
     return tuple(boxes)
 

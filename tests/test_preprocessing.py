@@ -91,6 +91,32 @@ def test_crop_boxes_stay_inside_narrow_images():
         assert box[0] >= 0 and box[1] >= 0 and box[2] <= 250 and box[3] <= 2000
 
 
+def test_crop_boxes_are_the_trained_layout():
+    """The shipped weights were trained on these boxes: one 64-pixel square per quadrant, row by row."""
+    assert crop_boxes(4000, 3000) == (
+        (960, 704, 1024, 768),
+        (2960, 704, 3024, 768),
+        (960, 2208, 1024, 2272),
+        (2960, 2208, 3024, 2272),
+    )
+
+
+@pytest.mark.parametrize("crops", [1, CROPS, 9, 16])
+def test_crop_boxes_lie_on_a_square_grid_of_the_crop_count(crops):
+    width, height = 3000, 2400
+    boxes = crop_boxes(width, height, crops)
+    side = round(crops**0.5)
+    centres = [((left + right) // 2, (top + bottom) // 2) for left, top, right, bottom in boxes]
+    cells = {(x * side // width, y * side // height) for x, y in centres}
+    assert len(boxes) == crops and cells == {(column, row) for column in range(side) for row in range(side)}
+
+
+@pytest.mark.parametrize("crops", [0, 2, 3, 5, 8])
+def test_a_crop_count_without_a_square_grid_is_refused(crops):
+    with pytest.raises(ValueError, match="square grid"):
+        crop_boxes(1000, 1000, crops)
+
+
 def test_normalise_uses_training_statistics():
     white = normalise(torch.full((3, 4, 4), 255, dtype=torch.uint8))
     assert torch.allclose(white[:, 0, 0], torch.tensor([(1 - m) / s for m, s in zip(MEAN, STD, strict=True)]))
