@@ -155,7 +155,7 @@ class GradCamExplainer:
     @torch.inference_mode()
     def crop_evidence(self, views: Views) -> torch.Tensor:
         """Each quadrant of the whole view shaded by its native crop's calibrated P(corrupted)."""
-        margins = self.model.crop(normalise(views.crops).to(self.device))[0] / self.model.crop_temperature
+        margins = self.model.calibrated_crop(normalise(views.crops).to(self.device))[0]
         height, width = views.whole.shape[-2:]
         heatmap = torch.zeros(height, width)
         for (left, top, right, bottom), probability in zip(views.boxes, torch.sigmoid(margins).cpu(), strict=True):

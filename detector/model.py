@@ -17,6 +17,7 @@ them (CIFAR-sized) have an offset each: one offset for both would let the strict
 """
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,11 +35,24 @@ FINE_TYPES = ("noise", "compression", "pixelation")
 CROP_TYPES = (CLEAN, *FINE_TYPES)
 # An image is called corrupted when its calibrated P(corrupted) is above this: the API's label and every metric.
 THRESHOLD = 0.5
-# Buffers that hold the calibration: saved in fp32 whatever the weights' precision. The operating offsets:
-# `corrupted_logit_offset` for images with native crops, `small_image_offset` for images too small for them.
-CALIBRATION_BUFFERS = ("whole_temperature", "crop_temperature", "corrupted_logit_offset", "small_image_offset")
-OFFSET_BUFFERS = ("corrupted_logit_offset", "small_image_offset")
 DROPOUT = 0.2
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How the heads' margins become the API's probabilities (module docstring); the defaults change nothing.
+
+    Each field is a buffer of the model, saved in fp32 whatever the weights' precision. The operating offsets:
+    `corrupted_logit_offset` for images with native crops, `small_image_offset` for images too small for them.
+    """
+
+    whole_temperature: float = 1.0
+    crop_temperature: float = 1.0
+    corrupted_logit_offset: float = 0.0
+    small_image_offset: float = 0.0
+
+
+CALIBRATION_BUFFERS = tuple(field.name for field in fields(Calibration))
 
 
 class Outputs(NamedTuple):
@@ -65,9 +79,22 @@ class CorruptionNet(nn.Module):
         self.dropout = nn.Dropout(DROPOUT)
         self.whole_head = nn.Linear(self.trunk.num_features, 1 + len(TYPES))
         self.crop_head = nn.Linear(self.trunk.num_features, 1 + len(CROP_TYPES))
-        for name in CALIBRATION_BUFFERS:
-            self.register_buffer(name, torch.tensor(0.0 if name in OFFSET_BUFFERS else 1.0))
+        for name, value in asdict(Calibration()).items():
+            self.register_buffer(name, torch.tensor(value))
         self.register_buffer("crop_type_columns", torch.tensor([TYPES.index(name) for name in CROP_TYPES]))
+
+    def calibration(self) -> Calibration:
+        """The calibration the model holds."""
+        return Calibration(**{name: float(getattr(self, name)) for name in CALIBRATION_BUFFERS})
+
+    def set_calibration(self, calibration: Calibration) -> None:
+        """Hold this calibration (training/calibrate.py fits it)."""
+        for name, value in asdict(calibration).items():
+            getattr(self, name).fill_(value)
+
+    def reset_calibration(self) -> None:
+        """Forget the calibration (fine-tuning changes the margins it was fitted to)."""
+        self.set_calibration(Calibration())
 
     def whole(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Uncalibrated (margin, type logits) of normalised whole views of one size."""
@@ -78,6 +105,11 @@ class CorruptionNet(nn.Module):
         """Uncalibrated (margin, crop-type logits) of normalised native crops."""
         out = self.crop_head(self.dropout(self.trunk(images)))
         return out[:, 0], out[:, 1:]
+
+    def calibrated_crop(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(calibrated margin, crop-type logits) of normalised native crops: the margin over the crop temperature."""
+        margins, logits = self.crop(images)
+        return margins.float() / self.crop_temperature, logits
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """P(corrupted) logit of whole views alone, with the photo offset: what Grad-CAM follows (an offset
@@ -105,11 +137,11 @@ class CorruptionNet(nn.Module):
         """Per image: its crops' calibrated margins and their mean type probabilities over TYPES."""
         if not crops.numel():
             return [torch.empty(0)] * len(counts), [torch.zeros(len(TYPES))] * len(counts)
-        margins, logits = self.crop(normalise(crops))
+        margins, logits = self.calibrated_crop(normalise(crops))
         spread = torch.zeros(len(margins), len(TYPES), device=margins.device)
         spread[:, self.crop_type_columns] = logits.float().softmax(dim=1)
         types = [part.mean(dim=0) if len(part) else torch.zeros(len(TYPES)) for part in spread.split(counts)]
-        return list((margins.float() / self.crop_temperature).split(counts)), types
+        return list(margins.split(counts)), types
 
     def score_views(self, views: Sequence[Views]) -> Outputs:
         """Outputs for whole images: every view of every image, combined as the module docstring states."""

@@ -8,6 +8,7 @@ from detector.corruptions import TYPES
 from detector.model import (
     CALIBRATION_BUFFERS,
     CROP_TYPES,
+    Calibration,
     CheckpointMismatchError,
     build_model,
     combine_margins,
@@ -73,6 +74,25 @@ def test_photos_and_small_images_each_get_their_own_operating_offset():
         small_alone = model.outputs(normalise(views[1].whole[None])).probabilities[:, 1]
     assert torch.allclose(shipped, torch.sigmoid(margins + torch.tensor([-2.0, 1.0])))
     assert torch.allclose(small_alone, shipped[1:])
+
+
+def test_the_model_holds_sets_and_resets_its_calibration():
+    model = build_model("efficientnet-lite0").eval()
+    assert model.calibration() == Calibration(1.0, 1.0, 0.0, 0.0)
+    fitted = Calibration(whole_temperature=2.0, crop_temperature=4.0, corrupted_logit_offset=-1.5, small_image_offset=1)
+    model.set_calibration(fitted)
+    assert model.calibration() == fitted
+    assert {name: float(getattr(model, name)) for name in CALIBRATION_BUFFERS} == {
+        "whole_temperature": 2.0,
+        "crop_temperature": 4.0,
+        "corrupted_logit_offset": -1.5,
+        "small_image_offset": 1.0,
+    }
+    crops = normalise(image_to_views(gradient(1024, 768)).crops)
+    with torch.inference_mode():
+        assert torch.allclose(model.calibrated_crop(crops)[0], model.crop(crops)[0] / 4.0)
+    model.reset_calibration()
+    assert model.calibration() == Calibration()
 
 
 def test_crops_decide_only_when_their_median_is_stronger():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.torchserve import ROOT
-from detector.model import load_model, read_checkpoint
+from detector.model import Calibration, build_model, load_model, read_checkpoint, save_checkpoint
 from tests.conftest import MINI_CORPUS, TINY_TRAINING
 from training import train
 from training.calibrate import TEMPERATURE_BOUNDS
@@ -50,6 +50,15 @@ def test_a_run_resumes_from_its_saved_state(mini_corpus, subset, tmp_path):
 def test_each_stream_resumes_where_its_batches_stopped():
     assert [train.consumed("whole", step) for step in (0, 3, 5, 8)] == [0, 3, 3, 6]
     assert [train.consumed("crop", step) for step in (3, 4, 8, 9)] == [0, 1, 1, 2]
+
+
+def test_fine_tuning_starts_from_an_uncalibrated_model(tmp_path):
+    calibrated = build_model("efficientnet-lite0")
+    calibrated.set_calibration(Calibration(2.0, 3.0, -1.0, 0.5))
+    save_checkpoint(calibrated, tmp_path / "model.pt", {})
+    model = train.initial_model(train.parse_args(["--steps", "1", "--init", str(tmp_path / "model.pt")]))
+    assert model.calibration() == Calibration()
+    assert torch.equal(model.whole_head.weight, calibrated.whole_head.weight.half().float()), "the weights it tunes"
 
 
 def test_pretrained_weights_load_from_the_installed_wheel():

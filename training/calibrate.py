@@ -24,12 +24,13 @@ import argparse
 import json
 import math
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from detector.corruptions import to_pil
-from detector.model import CorruptionNet, load_model, read_checkpoint, save_checkpoint
+from detector.model import Calibration, CorruptionNet, load_model, read_checkpoint, save_checkpoint
 from detector.preprocessing import Views, image_bytes_to_views, image_to_views
 from training.corpus import BuiltPhoto
 from training.data import split_cifar
@@ -140,20 +141,16 @@ def calibrate(
     whole_t = fit_temperature(*head_margins(model, "whole", whole_batches(photo_set, cifar, samples)))
     crops = sample_batches(CropSamples(photo_set, VALIDATION_SEED), samples)
     crop_t = fit_temperature(*head_margins(model, "crop", crops))
-    model.whole_temperature.fill_(whole_t)
-    model.crop_temperature.fill_(crop_t)
+    model.set_calibration(Calibration(whole_t, crop_t))  # the offsets apply after the margins they are fitted on
     cifar_views = [image_to_views(to_pil(image)) for image in cifar]
     clean = clean_margins_by_domain(model, clean_photo_views(photos, folder), cifar_views)
     offsets = {name: operating_offset(margins, target_fpr) for name, margins in clean.items()}
     for name in ("photos", "small images"):  # a domain without validation images takes the stricter offset
         offsets.setdefault(name, min(offsets.values()))
-    model.corrupted_logit_offset.fill_(offsets["photos"])
-    model.small_image_offset.fill_(offsets["small images"])
+    fitted = Calibration(whole_t, crop_t, offsets["photos"], offsets["small images"])
+    model.set_calibration(fitted)
     return {
-        "whole_temperature": round(whole_t, 4),
-        "crop_temperature": round(crop_t, 4),
-        "corrupted_logit_offset": round(offsets["photos"], 4),
-        "small_image_offset": round(offsets["small images"], 4),
+        **{name: round(value, 4) for name, value in asdict(fitted).items()},
         "operating_prior": {name: round(1 / (1 + math.exp(-offset)), 4) for name, offset in offsets.items()},
         "target_fpr": target_fpr,
         "validation_clean_fpr": {name: float((m + offsets[name] > 0).float().mean()) for name, m in clean.items()},

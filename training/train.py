@@ -150,10 +150,7 @@ def initial_model(args: argparse.Namespace) -> CorruptionNet:
     """A checkpoint to fine-tune (calibration reset), the backbone with ImageNet weights, or a fresh model."""
     if args.init:
         model = load_model(args.init)
-        model.whole_temperature.fill_(1.0)
-        model.crop_temperature.fill_(1.0)
-        model.corrupted_logit_offset.zero_()
-        model.small_image_offset.zero_()
+        model.reset_calibration()
         return model
     model = build_model(args.backbone)
     if args.pretrained and args.backbone in LITE_CONFIGS:
