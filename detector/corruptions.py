@@ -60,6 +60,8 @@ from PIL import Image, ImageFilter
 SEVERITIES = (1, 2, 3, 4, 5)
 # The severity from which every family is plainly visible on a photo: the detection targets start here.
 VISIBLE_SEVERITY = 3
+# The severities whose damage is plainly visible: the detection targets, "severities 3-5" in the reports.
+VISIBLE_SEVERITIES = tuple(severity for severity in SEVERITIES if severity >= VISIBLE_SEVERITY)
 CLEAN = "clean"
 # A JPEG saved at or above this quality is not a corruption (see the module docstring for why 70).
 MIN_CLEAN_JPEG_QUALITY = 70

@@ -12,11 +12,8 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from detector.corruptions import CORRUPTIONS, KINDS, SEVERITIES, TYPES
+from detector.corruptions import CORRUPTIONS, KINDS, SEVERITIES, TYPES, VISIBLE_SEVERITIES
 from detector.model import CorruptionNet, is_corrupted
-
-# Severities the targets are about: 1 and 2 are deliberately subtle and reported, not targeted.
-TARGET_SEVERITIES = (3, 4, 5)
 
 
 @dataclass
@@ -86,7 +83,7 @@ def summarise(scores: Scores, names: tuple[str, ...] = KINDS) -> dict:
     clean = scores.kind == 0
     kinds = range(1, len(names) + 1)
     detection = {names[k - 1]: _rate(scores.kind == k, flagged) for k in kinds}
-    target = torch.isin(scores.severity, torch.tensor(TARGET_SEVERITIES))
+    target = torch.isin(scores.severity, torch.tensor(VISIBLE_SEVERITIES))
     false_positive_rate = _rate(clean, flagged)
     return {
         "samples": len(flagged),
@@ -105,7 +102,7 @@ def summarise(scores: Scores, names: tuple[str, ...] = KINDS) -> dict:
             for k in kinds
         },
         "auroc": {names[k - 1]: auroc(scores, k) for k in kinds},
-        "auroc_sev3_5": {names[k - 1]: auroc(scores, k, TARGET_SEVERITIES) for k in kinds},
+        "auroc_sev3_5": {names[k - 1]: auroc(scores, k, VISIBLE_SEVERITIES) for k in kinds},
     }
 
 

@@ -43,7 +43,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from detector.corruptions import CORRUPTIONS, KINDS, SEVERITIES, VISIBLE_SEVERITY, from_pil, to_pil
+from detector.corruptions import CORRUPTIONS, KINDS, SEVERITIES, VISIBLE_SEVERITIES, VISIBLE_SEVERITY, from_pil, to_pil
 from detector.decoding import decode_image
 from detector.inference import CorruptionDetector
 from detector.model import is_corrupted, read_checkpoint
@@ -308,7 +308,7 @@ def summarise(cases: Sequence[PhotoCase], scorer: Scorer) -> dict:
     flagged = {c.id: bool(scorer.decide(scorer.score[c.id])) for c in scored}
     clean = [c for c in scored if c.label == 0]
     families = list(dict.fromkeys(CORRUPTIONS[k].family for k in KINDS))
-    visible = [c for c in scored if c.label == 1 and c.severity >= VISIBLE_SEVERITY]
+    visible = [c for c in scored if c.label == 1 and c.severity in VISIBLE_SEVERITIES]
     detection_visible = {f: rate([flagged[c.id] for c in visible if c.family == f]) for f in families}
     clean_right = rate([not flagged[c.id] for c in clean])
     qualities = list(dict.fromkeys(c.variant for c in clean))

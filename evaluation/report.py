@@ -7,13 +7,23 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageOps
 
-from detector.corruptions import CIFAR_CORRUPTIONS, CORRUPTIONS, KINDS, SEVERITIES, TYPES, VISIBLE_SEVERITY
+from detector.corruptions import (
+    CIFAR_CORRUPTIONS,
+    CORRUPTIONS,
+    KINDS,
+    SEVERITIES,
+    TYPES,
+    VISIBLE_SEVERITIES,
+    VISIBLE_SEVERITY,
+)
 from evaluation.heldout import HELDOUT, NEAREST_TRAINING_KIND
 from evaluation.photo_eval import BUCKETS, HELD_OUT
 
 CIFAR_KINDS = tuple(CIFAR_CORRUPTIONS)
 HELDOUT_KINDS = tuple(HELDOUT)
 PHOTO_FAMILIES = tuple(dict.fromkeys(CORRUPTIONS[kind].family for kind in KINDS))
+# How the reports name the visible severities, the targets' ("3-5").
+VISIBLE = f"{VISIBLE_SEVERITIES[0]}-{VISIBLE_SEVERITIES[-1]}"
 # Photo targets: the families the detector must catch at their visible severities (colour has no target).
 TARGET_PHOTO_FAMILIES = tuple(family for family in PHOTO_FAMILIES if family != "colour")
 TARGET_PHOTO_FPR = 0.03
@@ -67,7 +77,7 @@ def photo_targets(photos: dict) -> list[tuple[str, str, bool]]:
             fpr <= TARGET_PHOTO_FPR,
         ),
         (
-            f"held-out photos: each family detected >= {TARGET_PHOTO_DETECTION:.0%} at severities {VISIBLE_SEVERITY}-5",
+            f"held-out photos: each family detected >= {TARGET_PHOTO_DETECTION:.0%} at severities {VISIBLE}",
             f"lowest: {weakest} {percent(visible[weakest])}",
             visible[weakest] >= TARGET_PHOTO_DETECTION,
         ),
@@ -100,7 +110,7 @@ def cifar_targets(cifar: dict) -> list[tuple[str, str, bool]]:
     return [
         (f"CIFAR: clean flagged <= {TARGET_CIFAR_FPR:.0%}", percent(fpr), fpr <= TARGET_CIFAR_FPR),
         (
-            f"CIFAR: each family detected >= {TARGET_CIFAR_DETECTION:.0%} at severities 3-5",
+            f"CIFAR: each family detected >= {TARGET_CIFAR_DETECTION:.0%} at severities {VISIBLE}",
             f"lowest: {weakest} {percent(training['detection_rate_sev3_5'][weakest])}",
             training["detection_rate_sev3_5"][weakest] >= TARGET_CIFAR_DETECTION,
         ),
@@ -148,7 +158,7 @@ def headline(results: dict) -> str:
     lines.append(
         f"CIFAR ({c['images']} test images): "
         f"clean flagged {percent(c['training_kinds']['clean_false_positive_rate'])}, "
-        f"lowest family at sev 3-5 {percent(min(c['training_kinds']['detection_rate_sev3_5'].values()))}, "
+        f"lowest family at sev {VISIBLE} {percent(min(c['training_kinds']['detection_rate_sev3_5'].values()))}, "
         f"held-out mean AUROC {number(heldout_means(c['heldout_kinds'])[0])}"
     )
     met = sum(ok for _, _, ok in targets(results))
@@ -200,7 +210,7 @@ def source_sections(photos: dict) -> list[str]:
             for name, p in photos["parts"].items()
         ),
         "",
-        f"Right (balanced): clean photos and visible damage (severities {VISIBLE_SEVERITY}-5) weighted equally. "
+        f"Right (balanced): clean photos and visible damage (severities {VISIBLE}) weighted equally. "
         f"{worst.capitalize()}{where}.",
         "",
         "### Every source group",
@@ -288,7 +298,7 @@ def photo_sections(photos: dict, severities: list[int]) -> list[str]:
         + f"; {photos['cases']} images in all. Clean: saved at JPEG q92 and q80. Corrupted: every kind of "
         f"`detector/corruptions.py` at severities {', '.join(map(str, severities))}, applied at that size, then saved "
         "as a camera saves it "
-        f"(q92). Visible severities are {VISIBLE_SEVERITY}-5. The detector reads the bytes as the server does.",
+        f"(q92). Visible severities are {VISIBLE}. The detector reads the bytes as the server does.",
         "",
         "### Side by side (AUROC, clean vs each family)",
         "",
@@ -325,7 +335,7 @@ def photo_sections(photos: dict, severities: list[int]) -> list[str]:
         for b in BUCKETS
     ]
     lines += ["", "### The detector: detection by family and severity (all buckets)", ""]
-    lines += ["| family | " + " | ".join(f"sev {s}" for s in SEVERITIES) + f" | sev {VISIBLE_SEVERITY}-5 | AUROC |"]
+    lines += ["| family | " + " | ".join(f"sev {s}" for s in SEVERITIES) + f" | sev {VISIBLE} | AUROC |"]
     lines += ["|---|" + "---:|" * (len(SEVERITIES) + 2)]
     lines += [
         f"| {f} | "
@@ -354,7 +364,7 @@ def photo_sections(photos: dict, severities: list[int]) -> list[str]:
 def kind_table(metrics: dict, kinds: tuple[str, ...]) -> list[str]:
     """Detection rate per kind x severity with AUROC, then the clean false-positive rate."""
     lines = [
-        "| kind | " + " | ".join(f"sev {s}" for s in SEVERITIES) + " | sev 3-5 | AUROC | AUROC sev 3-5 |",
+        "| kind | " + " | ".join(f"sev {s}" for s in SEVERITIES) + f" | sev {VISIBLE} | AUROC | AUROC sev {VISIBLE} |",
         "|---|" + "---:|" * (len(SEVERITIES) + 3),
     ]
     for kind in kinds:
@@ -413,7 +423,7 @@ def cifar_sections(cifar: dict) -> list[str]:
         "",
         "### Heuristic baseline on CIFAR",
         "",
-        "| kind | set | detector AUROC | baseline AUROC | detector sev 3-5 | baseline sev 3-5 |",
+        f"| kind | set | detector AUROC | baseline AUROC | detector sev {VISIBLE} | baseline sev {VISIBLE} |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for name, key, kinds in (("CIFAR table", "training", CIFAR_KINDS), ("held-out", "heldout", HELDOUT_KINDS)):

@@ -21,6 +21,8 @@ from detector.corruptions import (
     SAMPLE_KINDS,
     SEVERITIES,
     TYPES,
+    VISIBLE_SEVERITIES,
+    VISIBLE_SEVERITY,
     camera_jpeg,
     corrupt,
     from_pil,
@@ -157,6 +159,10 @@ def test_cifar_rows_are_the_cifar_grid_it_always_was(images):
     assert torch.equal(blurred, F.gaussian_blur(image, kernel_size=[5, 5], sigma=[0.5, 0.5]))
     exposed = CIFAR_CORRUPTIONS["exposure"](image, 3, seed=0)
     assert any(torch.equal(exposed, F.adjust_brightness(image, factor)) for factor in (2.0, 0.5))
+
+
+def test_the_visible_severities_run_from_the_visible_one_to_the_strongest():
+    assert VISIBLE_SEVERITIES == (3, 4, 5) == tuple(range(VISIBLE_SEVERITY, max(SEVERITIES) + 1))
 
 
 def test_each_kind_is_trained_as_its_familys_type():
