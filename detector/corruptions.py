@@ -221,11 +221,17 @@ def _shake_blur(image: torch.Tensor, percent: float) -> torch.Tensor:
     return _convolve_at_scale(image, percent / 100 * short_side(image) / 2, lambda r: line_kernel(2 * r, angle))
 
 
-def jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
-    """Save as a JPEG at `quality` (Pillow's libjpeg, 4:2:0 chroma as cameras and browsers use) and decode it."""
+def encode_jpeg(image: Image.Image, quality: int) -> bytes:
+    """The image as a JPEG file at `quality`: Pillow's libjpeg, 4:2:0 chroma as cameras and browsers use.
+    Every JPEG the project saves (corruptions, training samples, evaluation cases) is saved here."""
     buffer = io.BytesIO()
-    to_pil(image).save(buffer, format="JPEG", quality=int(quality))
-    return from_pil(Image.open(buffer))
+    image.save(buffer, format="JPEG", quality=int(quality))
+    return buffer.getvalue()
+
+
+def jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """Save as a JPEG at `quality` (`encode_jpeg`) and decode it."""
+    return from_pil(Image.open(io.BytesIO(encode_jpeg(to_pil(image), quality))))
 
 
 def _jpeg(image: torch.Tensor, quality: float) -> torch.Tensor:
@@ -377,7 +383,8 @@ def corrupt(image: torch.Tensor, kind: str, severity: float, seed: int) -> torch
     return CORRUPTIONS[kind](image, severity, seed)
 
 
-def camera_jpeg(image: torch.Tensor, seed: int, quality: tuple[int, int] = CAMERA_JPEG_QUALITY) -> torch.Tensor:
-    """The image saved as a camera would save it: a JPEG at a quality drawn from `quality` (inclusive)."""
-    drawn = int(np.random.default_rng(seed).integers(quality[0], quality[1] + 1))
-    return jpeg_roundtrip(image, drawn)
+def camera_jpeg(
+    image: torch.Tensor, rng: np.random.Generator, quality: tuple[int, int] = CAMERA_JPEG_QUALITY
+) -> torch.Tensor:
+    """The image saved as a camera would save it: a JPEG at a quality drawn by `rng` from `quality` (inclusive)."""
+    return jpeg_roundtrip(image, int(rng.integers(quality[0], quality[1] + 1)))

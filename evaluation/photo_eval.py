@@ -43,7 +43,16 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from detector.corruptions import CORRUPTIONS, KINDS, SEVERITIES, VISIBLE_SEVERITIES, VISIBLE_SEVERITY, from_pil, to_pil
+from detector.corruptions import (
+    CORRUPTIONS,
+    KINDS,
+    SEVERITIES,
+    VISIBLE_SEVERITIES,
+    VISIBLE_SEVERITY,
+    encode_jpeg,
+    from_pil,
+    to_pil,
+)
 from detector.decoding import decode_image
 from detector.inference import CorruptionDetector
 from detector.model import is_corrupted, read_checkpoint
@@ -54,7 +63,6 @@ from training.photo_data import (
     CLEAN_QUALITIES,
     PHOTO_SIZES,
     at_long_side,
-    encode_jpeg,
     photo_group,
     photo_sizes,
     photo_tags,

@@ -14,6 +14,7 @@ from PIL import Image
 
 from bench.inputs import mean_abs_change
 from detector.corruptions import (
+    CAMERA_JPEG_QUALITY,
     CIFAR_CORRUPTIONS,
     CORRUPTIONS,
     GAMMA,
@@ -172,5 +173,7 @@ def test_each_kind_is_trained_as_its_familys_type():
 
 
 def test_camera_jpeg_draws_a_camera_quality(photos):
-    saved = [camera_jpeg(photos[0], seed) for seed in range(3)]
+    saved = [camera_jpeg(photos[0], np.random.default_rng(seed)) for seed in range(3)]
     assert all(s.shape == photos[0].shape for s in saved) and len({s.numpy().tobytes() for s in saved}) > 1
+    quality = int(np.random.default_rng(0).integers(CAMERA_JPEG_QUALITY[0], CAMERA_JPEG_QUALITY[1] + 1))
+    assert torch.equal(saved[0], jpeg_roundtrip(photos[0], quality)), "a JPEG at the quality drawn"

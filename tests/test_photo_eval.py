@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from detector.corruptions import KINDS
+from detector.corruptions import KINDS, encode_jpeg
 from detector.model import is_corrupted
 from detector.paths import SHIPPED_WEIGHTS
 from evaluation import evaluate
@@ -39,7 +39,6 @@ from evaluation.photo_eval import (
 from evaluation.report import SHEET_COLUMNS, THUMBNAIL, draw_contact_sheet
 from tests.test_photo_data import built
 from training.corpus import load_built
-from training.photo_data import encode_jpeg
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ Clean samples are saved at JPEG quality MIN_CLEAN_JPEG_QUALITY..100 or kept loss
 camera quality, so "corrupted" is never "saved at a lower quality than clean ones".
 """
 
-import io
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,8 @@ from detector.corruptions import (
     MIN_CLEAN_JPEG_QUALITY,
     SAMPLE_KINDS,
     SEVERITIES,
-    from_pil,
+    camera_jpeg,
+    encode_jpeg,
     to_pil,
 )
 from detector.decoding import decode_image
@@ -118,10 +118,7 @@ def save_like_a_camera(image: torch.Tensor, corrupted: bool, rng: np.random.Gene
     """Clean: a JPEG at MIN_CLEAN_JPEG_QUALITY..100 or lossless; corrupted: a JPEG at camera quality."""
     if not corrupted and rng.random() < LOSSLESS_CLEAN_SHARE:
         return image
-    low, high = CAMERA_JPEG_QUALITY if corrupted else (MIN_CLEAN_JPEG_QUALITY, 100)
-    buffer = io.BytesIO()
-    to_pil(image).save(buffer, format="JPEG", quality=int(rng.integers(low, high + 1)))
-    return from_pil(Image.open(buffer))
+    return camera_jpeg(image, rng, CAMERA_JPEG_QUALITY if corrupted else (MIN_CLEAN_JPEG_QUALITY, 100))
 
 
 def random_part(photo: torch.Tensor, aspect: float, rng: np.random.Generator) -> torch.Tensor:
@@ -318,12 +315,6 @@ def at_long_side(image: Image.Image, long_side: int) -> Image.Image:
         return image
     scale = long_side / max(image.size)
     return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
-
-
-def encode_jpeg(image: Image.Image, quality: int) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
 
 
 def clean_variants(path: str) -> list[bytes]:
