@@ -65,7 +65,6 @@ from training.photo_data import (
     at_long_side,
     photo_group,
     photo_sizes,
-    photo_tags,
 )
 
 CAMERA_SAVE = 92
@@ -408,6 +407,11 @@ class Source:
     tags: tuple[str, ...]
     split: str
     seen: str  # SEEN_IN_TRAINING, SEEN_IN_CALIBRATION or HELD_OUT
+
+
+def photo_tags(photo: BuiltPhoto) -> tuple[str, ...]:
+    """The photo's content tags (macro, night, snow, ...), none for corpora built before tags were recorded."""
+    return tuple(getattr(photo, "tags", None) or ())
 
 
 def photo_sources(corpus: Sequence[BuiltPhoto], seen: ModelPhotos) -> dict[str, Source]:

@@ -24,7 +24,6 @@ from training.photo_data import (
     load_split,
     photo_group,
     photo_sizes,
-    photo_tags,
     shared_groups,
 )
 
@@ -93,7 +92,6 @@ def built(photo_id: str, split: str, package: str, group: str = "", tags: tuple[
 def test_a_photos_group_is_its_photographer_where_known_else_its_package():
     assert photo_group(built("a", "train", "kphotoalbum", group="kphotoalbum:Ann")) == "kphotoalbum:Ann"
     assert photo_group(built("b", "train", "@vladmandic/face-api")) == "@vladmandic/face-api"
-    assert photo_tags(built("c", "test", "p", tags=("macro", "night"))) == ("macro", "night")
 
 
 def test_a_corpus_split_by_photo_is_refused_and_one_split_by_source_is_not():

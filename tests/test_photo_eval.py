@@ -33,6 +33,7 @@ from evaluation.photo_eval import (
     model_photos,
     photo_cases,
     photo_sources,
+    photo_tags,
     summarise,
     worst_group,
 )
@@ -203,6 +204,11 @@ def test_the_shipped_weights_are_judged_against_the_split_they_were_trained_with
     seen = model_photos(SHIPPED_WEIGHTS, [])
     assert seen.record.startswith(SHIPPED_MODEL_PHOTOS.name)
     assert len(seen.train) == 87 and len(seen.val) == 19 and seen.train["kphotoalbum--anne-helene"] == "kphotoalbum"
+
+
+def test_a_photos_tags_are_its_recorded_content_tags():
+    assert photo_tags(built("c", "test", "p", tags=("macro", "night"))) == ("macro", "night")
+    assert photo_tags(built("d", "test", "p")) == ()
 
 
 def test_groups_tags_and_false_alarms_are_counted_per_source(tmp_path):

@@ -269,11 +269,6 @@ def photo_group(photo: BuiltPhoto) -> str:
     return photo.source.split(":")[1].split("=")[0] if ":" in photo.source else photo.source
 
 
-def photo_tags(photo: BuiltPhoto) -> tuple[str, ...]:
-    """The photo's content tags (macro, night, snow, ...), none for corpora built before tags were recorded."""
-    return tuple(getattr(photo, "tags", None) or ())
-
-
 def shared_groups(photos: Sequence[BuiltPhoto]) -> dict[str, list[str]]:
     """Each group found in more than one split, with those splits."""
     splits: dict[str, set[str]] = {}
