@@ -105,11 +105,8 @@ class PhotoSet:
             if photo.half_size:  # saved below the clean quality cut-off: only its half-size self is clean
                 image = image.reduce(2)
             natives.append(F.pil_to_tensor(image))
-            scale = WHOLE_CACHE_LONG_SIDE / max(image.size)
-            if scale < 1:
-                image = image.resize(
-                    (round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS
-                )
+            if max(image.size) > WHOLE_CACHE_LONG_SIDE:
+                image = at_long_side(image, WHOLE_CACHE_LONG_SIDE)
             shrunks.append(F.pil_to_tensor(image))
         return cls(natives, shrunks)
 
