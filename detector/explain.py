@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from detector.corruptions import to_pil
 from detector.model import CorruptionNet
-from detector.preprocessing import Views, normalise
+from detector.preprocessing import Views, grid_side, normalise
 
 TARGET = "corrupted"
 # The overlay shows the explained view with its longer side at this many pixels, at the view's own aspect
@@ -154,15 +154,16 @@ class GradCamExplainer:
 
     @torch.inference_mode()
     def crop_evidence(self, views: Views) -> torch.Tensor:
-        """Each quadrant of the whole view shaded by its native crop's calibrated P(corrupted)."""
+        """Each cell of the crops' grid (a quadrant for four crops) over the whole view, shaded by its native
+        crop's calibrated P(corrupted)."""
         margins = self.model.calibrated_crop(normalise(views.crops).to(self.device))[0]
         height, width = views.whole.shape[-2:]
+        side = grid_side(len(views.boxes))
         heatmap = torch.zeros(height, width)
         for (left, top, right, bottom), probability in zip(views.boxes, torch.sigmoid(margins).cpu(), strict=True):
-            row, column = int(top + bottom >= views.size[1]), int(left + right >= views.size[0])
-            heatmap[row * height // 2 : (row + 1) * height // 2, column * width // 2 : (column + 1) * width // 2] = (
-                probability
-            )
+            row, column = (top + bottom) // 2 * side // views.size[1], (left + right) // 2 * side // views.size[0]
+            rows = slice(row * height // side, (row + 1) * height // side)
+            heatmap[rows, column * width // side : (column + 1) * width // side] = probability
         return peak_one(heatmap)
 
 

@@ -27,9 +27,10 @@ from detector.explain import (
     overlay_area,
     overlay_png,
 )
-from detector.preprocessing import image_to_views
+from detector.preprocessing import image_to_views, normalise
 from evaluation.explain_report import SIDE, heaviest_quadrant, quadrant_cases
 from tests.helpers import TIMEOUT, assert_prediction_schema, run_batch
+from tests.test_preprocessing import gradient
 from training.corpus import INSTALLED_TEST_PHOTOS, installed_photo
 from training.photo_data import at_long_side
 
@@ -149,6 +150,18 @@ def test_quadrants_are_numbered_row_by_row(quadrant):
     row, column = divmod(quadrant, 2)
     heatmap[row * 16 + 5, column * 16 + 9] = 1.0
     assert heaviest_quadrant(heatmap) == quadrant
+
+
+def test_crop_evidence_shades_each_crops_quadrant_by_its_calibrated_probability(explainer):
+    views = image_to_views(gradient(1024, 768))
+    heatmap, model = explainer.crop_evidence(views), explainer.model
+    with torch.inference_mode():
+        probabilities = torch.sigmoid(model.crop(normalise(views.crops))[0] / model.crop_temperature)
+    height, width = heatmap.shape
+    for quadrant, probability in enumerate(probabilities / probabilities.max()):
+        row, column = divmod(quadrant, 2)
+        cell = heatmap[row * height // 2 : (row + 1) * height // 2, column * width // 2 : (column + 1) * width // 2]
+        assert torch.allclose(cell, probability.expand_as(cell)), quadrant
 
 
 def test_the_handler_routes_each_request_of_a_batch_by_its_explain_header(handler, subset):
