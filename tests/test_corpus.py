@@ -69,6 +69,15 @@ def photo_bytes(seed: int, size: tuple[int, int] = (96, 64), quality: int = 90) 
     return buffer.getvalue()
 
 
+def pin(photo_id: str, source: str, package: str, version: str, archive: Path, path: str, photo: bytes, **fields):
+    """The manifest entry pinning `photo` at `path` in `archive` (a 96x64 q90 JPEG, MIT), with `fields` (split,
+    group, tags)."""
+    return PhotoSource(id=photo_id, source=source, package=package, version=version, archive=archive.name,
+                       archive_sha256=hashlib.sha256(archive.read_bytes()).hexdigest(), path=path,
+                       file_sha256=hashlib.sha256(photo).hexdigest(), licence="MIT", width=96, height=64,
+                       format="JPEG", jpeg_quality=90, description="test", **fields)  # fmt: skip
+
+
 @pytest.fixture
 def tiny_archive(tmp_path):
     """A wheel-shaped zip with three distinct photos, and the manifest entries that pin it."""
@@ -78,23 +87,15 @@ def tiny_archive(tmp_path):
     with zipfile.ZipFile(archive, "w") as packed:
         for name, data in files.items():
             packed.writestr(name, data)
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     entries = [
-        PhotoSource(
-            id=f"pkg--p{i}",
-            source="pypi",
-            package="photos-pkg",
-            version="1.0",
-            archive=archive.name,
-            archive_sha256=digest,
-            path=name,
-            file_sha256=hashlib.sha256(data).hexdigest(),
-            licence="MIT",
-            width=96,
-            height=64,
-            format="JPEG",
-            jpeg_quality=90,
-            description="test",
+        pin(
+            f"pkg--p{i}",
+            "pypi",
+            "photos-pkg",
+            "1.0",
+            archive,
+            name,
+            data,
             split=split,
             group=f"photographer {i}",
             tags=("plant",) if i == 0 else (),
@@ -288,25 +289,7 @@ def release(tmp_path: Path, source: str, photo: bytes, served_photo: bytes | Non
     (made / "new").mkdir()
     pinned = make(made / "old", package, old, {path: photo})
     replacement = make(made / "new", package, new, {path: photo if served_photo is None else served_photo})
-    entry = PhotoSource(
-        id="photo",
-        source=source,
-        package=package,
-        version=old,
-        archive=pinned.name,
-        archive_sha256=hashlib.sha256(pinned.read_bytes()).hexdigest(),
-        path=path,
-        file_sha256=hashlib.sha256(photo).hexdigest(),
-        licence="MIT",
-        width=96,
-        height=64,
-        format="JPEG",
-        jpeg_quality=90,
-        description="test",
-        split="train",
-        group=package,
-        tags=(),
-    )
+    entry = pin("photo", source, package, old, pinned, path, photo, split="train", group=package, tags=())
     versions = {"new": (new, replacement), "old": (old, pinned)}
     return entry, FakeIndex({(source, package): dict(versions[name] for name in served)})
 
