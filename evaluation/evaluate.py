@@ -22,6 +22,7 @@ import argparse
 import json
 import shlex
 import sys
+from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from detector.corruptions import CIFAR_CORRUPTIONS, SEVERITIES, TYPES
 from detector.inference import CorruptionDetector
-from detector.model import CALIBRATION_BUFFERS, is_corrupted
+from detector.model import is_corrupted
 from evaluation.baseline import HeuristicBaseline
 from evaluation.grid import CorruptionGrid, Materialised
 from evaluation.heldout import HELDOUT
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": str(args.model),
         "date": str(date.today()),
         "command": "python -m evaluation.evaluate " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "calibration_buffers": {name: float(getattr(detector.model, name)) for name in CALIBRATION_BUFFERS},
+        "calibration_buffers": asdict(detector.model.calibration()),
         "cifar": evaluate_cifar(detector, args),
         "photos": None if args.no_photos else evaluate_photo_corpus(detector, args),
     }
