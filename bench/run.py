@@ -32,12 +32,13 @@ from PIL import Image
 
 from bench.inputs import sample_rgb
 from bench.torchserve import ROOT, free_port, serving_weights
+from detector.corruptions import encode_jpeg
 from detector.inference import CorruptionDetector
 from detector.paths import SHIPPED_WEIGHTS
 from detector.preprocessing import image_bytes_to_views
 from training.corpus import INSTALLED_TEST_PHOTOS, installed_photo
 from training.data import SUBSET
-from training.photo_data import at_long_side, encode_jpeg
+from training.photo_data import at_long_side
 
 SERVING_BATCH = 8
 PATH = "predictions/corruption"

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from detector.corruptions import encode_jpeg
 from detector.inference import CorruptionDetector
 from detector.paths import SHIPPED_WEIGHTS
 from training.corpus import installed_photo
-from training.photo_data import encode_jpeg
 
 PHOTOS = ("scikit-image--coffee", "scikit-image--chelsea", "scikit-learn--china")
 
