@@ -35,7 +35,7 @@ from detector.inference import CorruptionDetector
 from detector.model import is_corrupted
 from evaluation.baseline import HeuristicBaseline
 from evaluation.grid import CorruptionGrid, Materialised
-from evaluation.heldout import HELDOUT
+from evaluation.heldout import HELDOUT, HELDOUT_KINDS
 from evaluation.metrics import Scores, calibration, score, summarise, type_confusion
 from evaluation.photo_eval import (
     BUCKETS,
@@ -53,7 +53,6 @@ from training.data import SUBSET, load_clean_images
 from training.photo_data import photo_group, shared_groups
 
 CIFAR_KINDS = tuple(CIFAR_CORRUPTIONS)
-HELDOUT_KINDS = tuple(HELDOUT)
 
 
 def baseline_scores(baseline: HeuristicBaseline, grid: Materialised) -> Scores:

@@ -16,11 +16,10 @@ from detector.corruptions import (
     VISIBLE_SEVERITIES,
     VISIBLE_SEVERITY,
 )
-from evaluation.heldout import HELDOUT, NEAREST_TRAINING_KIND
+from evaluation.heldout import HELDOUT_KINDS, NEAREST_TRAINING_KIND
 from evaluation.photo_eval import BUCKETS, HELD_OUT
 
 CIFAR_KINDS = tuple(CIFAR_CORRUPTIONS)
-HELDOUT_KINDS = tuple(HELDOUT)
 PHOTO_FAMILIES = tuple(dict.fromkeys(CORRUPTIONS[kind].family for kind in KINDS))
 # How the reports name the visible severities, the targets' ("3-5").
 VISIBLE = f"{VISIBLE_SEVERITIES[0]}-{VISIBLE_SEVERITIES[-1]}"
