@@ -46,6 +46,8 @@ MAX_V2_DIMENSIONS = 8
 # What a JSON object body starts with (JSON's whitespace, then a brace).
 JSON_OBJECT_START = re.compile(r"[ \t\r\n]*\{")
 JSON_OBJECT_START_BYTES = re.compile(rb"[ \t\r\n]*\{")
+# A KServe v2 request "id" (echoed in the answer) has at most this many characters.
+MAX_ID_CHARACTERS = 256
 # Client text quoted in a refusal message: at most this many characters.
 QUOTE_CHARACTERS = 40
 
@@ -95,10 +97,21 @@ def _parse(row: dict, headers: dict) -> Request:
         if protocol == KSERVE_V1:
             return Request(protocol, kserve_v1_images(body))
         images, outputs = kserve_v2_images(body)
+        request_id = _request_id(body)
     except BadImageError as error:
         return Request(protocol, [], error=error)
-    request_id = body.get("id") if isinstance(body.get("id"), str) else None
     return Request(protocol, images, request_id=request_id, outputs=outputs)
+
+
+def _request_id(body: dict) -> str | None:
+    """A v2 body's "id", echoed in its answer: a long one would make the answer larger than TorchServe lets a worker
+    send (it kills the worker), so it is refused past MAX_ID_CHARACTERS."""
+    request_id = body.get("id")
+    if not isinstance(request_id, str):
+        return None
+    if len(request_id) > MAX_ID_CHARACTERS:
+        raise invalid_kserve(f'"id" must be at most {MAX_ID_CHARACTERS} characters')
+    return request_id
 
 
 def _decode_base64(text: str, where: str = "the body") -> bytes:
@@ -291,7 +304,7 @@ def kserve_v2_images(body: dict) -> tuple[list[bytes | BadImageError], tuple[str
     data = flatten(tensor.get("data", []), what)
     _checked_count(len(data), what)
     if math.prod(shape) != len(data):
-        raise invalid_kserve(f"{what}: shape {shape} does not match its {len(data)} elements")
+        raise invalid_kserve(f"{what}: shape {quoted(shape)} does not match its {len(data)} elements")
     return [_image_or_error(text, f"{quoted(name)}[{i}]") for i, text in enumerate(data)], _outputs(body)
 
 

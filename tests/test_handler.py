@@ -233,6 +233,8 @@ def test_the_largest_answer_fits_in_max_response_size(handler):
         ({"inputs": [{"name": "\u00e9\r\n" * 50, "datatype": "FP32", "shape": [1], "data": [1]}]},
          "invalid_kserve_request", "'\\xe9\\r\\n"),
         ({"instances": ["aGVsbG8="], "inputs": []}, "invalid_kserve_request", "not both"),
+        ({"id": "x" * 257, "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGVsbG8="]}]},
+         "invalid_kserve_request", '"id" must be at most 256'),
         ({"instances": [{"data": 5}]}, "invalid_kserve_request", "must be a base64 string"),
     ],
 )  # fmt: skip
