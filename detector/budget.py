@@ -6,7 +6,7 @@ same budget here, and one call's work is at most batchSize budgets by constructi
 requests are (a KServe body may carry many images, a plain one carries one):
 
 - images: MAX_IMAGES per request (each costs a pass of the model over its views: about 80 ms on one core
-  for a photo's whole view and crops, so 64 images a request made a call of 8 such requests cost ~40 s);
+  for a photo's whole view and crops, so 64 images a request would make a call of 8 such requests ~40 s);
 - pixels decoded: MAX_PIXELS per request, summed over its images as their headers declare them: one image
   at the decoder's own limit, or several smaller ones (the container walks of detector.structure bound the
   work before the pixels). Twice that let a call of 8 requests decode 800 MP: 45 s on a shared core here;

@@ -64,7 +64,8 @@ def check_structure(data: bytes) -> None:
 
 def check_jpeg(data: bytes) -> None:
     """Cap the marker segments before the first scan, and the scans in the whole body."""
-    scans = data.count(SCAN_MARKER)  # 0xFF is stuffed in entropy-coded data, so FF DA only starts a scan
+    # 0xFF is stuffed in entropy-coded data, so FF DA starts a scan (or an embedded thumbnail's, counted too).
+    scans = data.count(SCAN_MARKER)
     if scans > MAX_JPEG_SCANS:
         raise StructureError("too_many_scans", f"the JPEG holds {scans} scans, more than the limit of {MAX_JPEG_SCANS}")
     position, steps = 2, 0
