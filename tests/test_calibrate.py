@@ -4,8 +4,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from detector.model import load_model
+from detector.paths import SHIPPED_WEIGHTS
 from evaluation.metrics import Scores, auroc, class_weights, expected_calibration_error
-from training.calibrate import OFFSET_BOUND, TEMPERATURE_BOUNDS, fit_temperature, operating_offset
+from training.calibrate import OFFSET_BOUND, TEMPERATURE_BOUNDS, fit_temperature, head_margins, operating_offset
 
 
 def test_temperature_fit_recovers_the_temperature_that_generated_the_labels():
@@ -68,3 +70,13 @@ def test_class_weights_give_each_class_its_share():
     weights = class_weights(labels, corrupted_share=0.27)
     assert float(weights[labels == 1].sum()) == pytest.approx(0.27)
     assert float(weights.sum()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("head, side", [("whole", 160), ("crop", 64)])
+def test_head_margins_feed_each_batch_to_the_models_own_device(head, side):
+    """Calibration batches are made on the CPU; a model on another device must get them there. The meta device
+    (shapes only) stands in for a GPU: the same mismatch crashed a CUDA training run's calibration."""
+    model = load_model(SHIPPED_WEIGHTS, torch.device("cpu")).to("meta")
+    batches = iter([(torch.zeros(2, 3, side, side), torch.tensor([0, 1]))] * 2)
+    margins, labels = head_margins(model, head, batches)
+    assert margins.device.type == "meta" and margins.shape == (4,) and labels.tolist() == [0, 1, 0, 1]

@@ -70,7 +70,7 @@ def fit_temperature(margins: torch.Tensor, labels: torch.Tensor) -> float:
     The NLL is convex in 1/T (a one-parameter logistic regression), so a golden-section search over
     1/T finds the bounded optimum deterministically, without a step size to tune.
     """
-    margins, labels = margins.double(), labels.double()
+    margins, labels = margins.double().cpu(), labels.double().cpu()
     low, high = 1 / TEMPERATURE_BOUNDS[1], 1 / TEMPERATURE_BOUNDS[0]
     ratio = (math.sqrt(5) - 1) / 2
     for _ in range(SEARCH_STEPS):
@@ -90,10 +90,12 @@ def operating_offset(clean_margins: torch.Tensor, target_fpr: float) -> float:
 
 @torch.inference_mode()
 def head_margins(model: CorruptionNet, head: str, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> tuple:
-    """(raw margins, labels) of one head over batches of (normalised images, labels)."""
+    """(raw margins on the model's device, labels) of one head over batches of (normalised images, labels)
+    made on the CPU: each batch goes to the model's device first (a CUDA run crashed here without it)."""
+    device = model.whole_temperature.device
     margins, labels = [], []
     for images, batch_labels in batches:
-        margins.append(getattr(model, head)(images)[0].float())
+        margins.append(getattr(model, head)(images.to(device))[0].float())
         labels.append(batch_labels)
     return torch.cat(margins), torch.cat(labels)
 
