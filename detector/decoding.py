@@ -10,12 +10,12 @@ with the rest of `detector`.
 
 import io
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from detector.structure import StructureError, check_png_rows, check_structure
+from detector.structure import ARITHMETIC_JPEG, StructureError, check_png_rows, check_structure, jpeg_scan_start
 
 # Refuse images declaring more pixels than this before decoding them: 50 MP covers
 # current phone cameras, and decoding bigger ones costs hundreds of MB per request.
@@ -47,9 +47,6 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 BACKGROUND = (255, 255, 255)
 HIGH_BIT_DEPTH = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-# JPEG frame markers of arithmetic-coded images, which may legally spend under one bit per block.
-ARITHMETIC_JPEG = {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7} | ARITHMETIC_JPEG
 
 
 class BadImageError(ValueError):
@@ -106,10 +103,7 @@ def open_image(data: bytes) -> Image.Image:
     """Read and check an image's header without decoding its pixels: refuse what is not a sane image."""
     if not data:
         raise BadImageError("empty_body", "the request body is empty; send the image bytes")
-    try:
-        check_structure(data)
-    except StructureError as error:
-        raise BadImageError(error.reason, str(error)) from error
+    refuse_structure(check_structure, data)
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as error:
@@ -135,30 +129,16 @@ def open_image(data: bytes) -> Image.Image:
     if image.format == "JPEG":
         check_jpeg_scan(image, data)
     if image.format == "PNG":
-        try:
-            check_png_rows(data)
-        except StructureError as error:
-            raise BadImageError(error.reason, str(error)) from error
+        refuse_structure(check_png_rows, data)
     return image
 
 
-def jpeg_scan_start(data: bytes) -> tuple[int, int] | None:
-    """(frame marker, offset of the first scan's data) from a JPEG's marker segments; None if not found."""
-    position, frame = 2, None
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return None
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte
-            position += 1
-            continue
-        length = int.from_bytes(data[position + 2 : position + 4], "big")
-        if marker in JPEG_FRAMES and frame is None:
-            frame = marker
-        if marker == 0xDA:
-            return (frame, position + 2 + length) if frame is not None else None
-        position += 2 + length
-    return None
+def refuse_structure(check: Callable[[bytes], None], data: bytes) -> None:
+    """Run one of detector.structure's checks, its refusal as a BadImageError of the same reason."""
+    try:
+        check(data)
+    except StructureError as error:
+        raise BadImageError(error.reason, str(error)) from error
 
 
 def check_jpeg_scan(image: Image.Image, data: bytes) -> None:

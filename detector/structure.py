@@ -36,6 +36,9 @@ INFLATE_STEP = 1 << 20
 INPUT_STEP = 1 << 16
 
 JPEG_START, SCAN_MARKER = b"\xff\xd8", b"\xff\xda"
+# JPEG frame markers; those of arithmetic-coded images may legally spend under one bit per block.
+ARITHMETIC_JPEG = {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7} | ARITHMETIC_JPEG
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
 # Channels per PNG colour type: grey, RGB, palette, grey + alpha, RGBA.
@@ -63,22 +66,38 @@ def check_structure(data: bytes) -> None:
 
 
 def check_jpeg(data: bytes) -> None:
-    """Cap the marker segments before the first scan, and the scans in the whole body."""
+    """Cap the scans in the whole body, and the marker segments before the first scan (jpeg_scan_start)."""
     # 0xFF is stuffed in entropy-coded data, so FF DA starts a scan (or an embedded thumbnail's, counted too).
     scans = data.count(SCAN_MARKER)
     if scans > MAX_JPEG_SCANS:
         raise StructureError("too_many_scans", f"the JPEG holds {scans} scans, more than the limit of {MAX_JPEG_SCANS}")
-    position, steps = 2, 0
-    while position + 4 <= len(data) and data[position] == 0xFF:
-        steps += 1
-        if steps > MAX_JPEG_SEGMENTS:
-            raise StructureError(
-                "too_many_segments", f"the JPEG has more than {MAX_JPEG_SEGMENTS} marker segments before its image data"
-            )
+    jpeg_scan_start(data)
+
+
+def jpeg_scan_start(data: bytes) -> tuple[int, int] | None:
+    """(frame marker, offset of the first scan's data) from a JPEG's marker segments; None if not found.
+
+    Refuses more than MAX_JPEG_SEGMENTS segments (fill bytes included) before the first scan.
+    """
+    position, frame = 2, None
+    for _ in range(MAX_JPEG_SEGMENTS):
+        if position + 4 > len(data) or data[position] != 0xFF:
+            return None
         marker = data[position + 1]
-        if marker == 0xDA:
-            return
-        position += 1 if marker == 0xFF else 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker in JPEG_FRAMES and frame is None:
+            frame = marker
+        if marker == SCAN_MARKER[1]:
+            return (frame, position + 2 + length) if frame is not None else None
+        position += 2 + length
+    if position + 4 > len(data) or data[position] != 0xFF:
+        return None
+    raise StructureError(
+        "too_many_segments", f"the JPEG has more than {MAX_JPEG_SEGMENTS} marker segments before its image data"
+    )
 
 
 def png_chunks(data: bytes) -> Iterator[tuple[bytes, memoryview]]:
