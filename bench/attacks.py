@@ -8,11 +8,11 @@ still admits.
 
 import base64
 import json
-import zlib
 from dataclasses import dataclass, field
 
 from PIL import Image
 
+from bench.inputs import with_declared_size
 from bench.limits import encode, textured
 
 # A JPEG's start-of-scan marker.
@@ -55,11 +55,7 @@ def many_markers_jpeg(count: int = 4_190_000) -> bytes:
 
 def short_png(side: int = 7071, rows: int = 100) -> bytes:
     """A PNG declaring side x side whose compressed data ends, properly, after `rows` rows."""
-    image = Image.new("RGB", (side, rows), (0, 0, 0))
-    full = encode(image, "PNG")
-    header = full[:16] + side.to_bytes(4, "big") + side.to_bytes(4, "big") + full[24:29]
-    crc = zlib.crc32(header[12:29]).to_bytes(4, "big")
-    return header + crc + full[33:]
+    return with_declared_size(encode(Image.new("RGB", (side, rows), (0, 0, 0)), "PNG"), side, side)
 
 
 def tiny_huge_tiff() -> bytes:

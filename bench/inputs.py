@@ -50,6 +50,12 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+def with_declared_size(png: bytes, width: int, height: int) -> bytes:
+    """The PNG with its header (IHDR, always the first chunk) declaring width x height instead."""
+    header = struct.pack(">II", width, height) + png[24:29]
+    return png[:8] + png_chunk(b"IHDR", header) + png[33:]
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A tiny PNG that declares width x height pixels (its pixel data is a stub)."""
     chunk = png_chunk

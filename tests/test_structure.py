@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from bench.attacks import many_markers_jpeg, repeated_scan_jpeg, short_png
-from bench.inputs import png_chunk
+from bench.inputs import png_chunk, with_declared_size
 from bench.limits import MAKERS, encode, phone_jpeg, textured
 from detector.decoding import BadImageError, decode_image
 from detector.structure import (
@@ -82,9 +82,7 @@ def interlaced_png(pixels: np.ndarray) -> bytes:
 def test_interlaced_pngs_count_every_pass(size):
     pixels = np.asarray(textured(*size))
     assert np.array_equal(np.asarray(decode_image(interlaced_png(pixels))), pixels)
-    cut = interlaced_png(pixels[: max(1, size[1] - 1)])  # a row fewer than its header says
-    header = cut[12:20] + struct.pack(">I", size[1]) + cut[24:29]  # IHDR declaring the full height
-    cut = cut[:12] + header + struct.pack(">I", zlib.crc32(header)) + cut[33:]
+    cut = with_declared_size(interlaced_png(pixels[: max(1, size[1] - 1)]), *size)  # a row fewer than it says
     if size[1] > 1:
         assert refusal(cut) == "truncated_image"
 
