@@ -20,17 +20,13 @@ from bench.inputs import good_images
 from bench.torchserve import ROOT, free_port
 from tests.helpers import TIMEOUT, assert_prediction_schema
 from tests.test_attacks import worker_pids
+from tests.test_k8s import proxy_setting
 
 CONFIG = ROOT / "k8s" / "base" / "proxy.conf"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 STALLED = 80
 DECLARED = 15 * 2**20
 SENT = 2**20
-
-
-def directive(name: str) -> str:
-    """A directive's value in proxy.conf (the timeouts the tests wait for)."""
-    return re.search(rf"^\s*{name}\s+([^;]+);", CONFIG.read_text(), re.M)[1]
 
 
 def seconds(value: str) -> float:
@@ -117,7 +113,7 @@ def test_stalled_uploads_are_dropped_by_nginx_and_never_reach_torchserve(proxy, 
             post_normal(proxy, image)
             time.sleep(1)
         results = [ending.result(timeout=TIMEOUT) for ending in endings]
-    timeout = seconds(directive("client_body_timeout"))
+    timeout = seconds(proxy_setting("client_body_timeout"))
     assert one_more.startswith(b"HTTP/1.1 503")
     # nginx drops such a connection without an answer (its 408 is never sent): closed is what counts.
     assert all(received in (b"",) or received.startswith(b"HTTP/1.1 408") for received, _ in results), results[0]
@@ -130,4 +126,4 @@ def test_stalled_uploads_are_dropped_by_nginx_and_never_reach_torchserve(proxy, 
 def test_a_connection_that_sends_nothing_is_closed(proxy):
     host, port = proxy.removeprefix("http://").split(":")
     _, after = answer_or_close(socket.create_connection((host, int(port)), timeout=TIMEOUT))
-    assert after < seconds(directive("client_header_timeout")) + 5
+    assert after < seconds(proxy_setting("client_header_timeout")) + 5
