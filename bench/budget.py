@@ -37,12 +37,10 @@ def settings() -> tuple[int, float]:
 
 def timed_call(detector: CorruptionDetector, requests: list[list[bytes]], explain: bool = False) -> float:
     """Seconds of one detector call over `requests` (lists of encoded images), as the handler makes it."""
-    payloads = [image for request in requests for image in request]
-    owners = [index for index, request in enumerate(requests) for _ in request]
     start = time.perf_counter()
-    records = detector.run(payloads, [explain] * len(payloads), owners)
+    grouped = detector.run_requests(requests, [explain] * len(requests))
     seconds = time.perf_counter() - start
-    refused = {record.error.reason for record in records if record.error}
+    refused = {record.error.reason for records in grouped for record in records if record.error}
     assert not refused, f"the budget refused its own limit: {refused}"
     return seconds
 
@@ -88,9 +86,7 @@ def attack_rows(detector: CorruptionDetector, batch: int) -> list[tuple[str, flo
     for attack in attacks(small):
         start = time.perf_counter()
         parsed = [parse_request({"body": bytearray(attack.body)}, attack.headers) for _ in range(batch)]
-        payloads = [payload for request in parsed for payload in request.payloads]
-        owners = [index for index, request in enumerate(parsed) for _ in request.payloads]
-        detector.run(payloads, ["explain" in attack.route] * len(payloads), owners)
+        detector.run_requests([request.payloads for request in parsed], ["explain" in attack.route] * batch)
         table.append((attack.name, time.perf_counter() - start))
     return table
 

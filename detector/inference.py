@@ -103,6 +103,20 @@ class CorruptionDetector:
             for index, (views, seconds) in enumerate(prepared)
         ]
 
+    def run_requests(
+        self, requests: Sequence[Sequence[bytes | BadImageError]], explain: Sequence[bool]
+    ) -> list[list[Record]]:
+        """`run` over the payloads of several requests in one pass, each request held to the budget as a whole;
+        the records come back grouped by request. `explain[r]` asks explanations of every image of request r."""
+        owners = [index for index, request in enumerate(requests) for _ in request]
+        records = self.run(
+            [payload for payloads in requests for payload in payloads], [explain[o] for o in owners], owners
+        )
+        grouped: list[list[Record]] = [[] for _ in requests]
+        for owner, record in zip(owners, records, strict=True):
+            grouped[owner].append(record)
+        return grouped
+
     def predict(self, payloads: Sequence[bytes]) -> list[dict | BadImageError]:
         """The prediction body of each encoded image, or why it was refused."""
         return [record.result for record in self.run(payloads)]

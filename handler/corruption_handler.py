@@ -115,16 +115,12 @@ class CorruptionHandler:
         start = time.perf_counter()
         parsed = [parse_request(row, self._headers(context, index)) for index, row in enumerate(data)]
         explain = [is_explanation(context, index) for index in range(len(data))]
-        owners = [index for index, one in enumerate(parsed) for _ in one.payloads]
-        payloads = [payload for one in parsed for payload in one.payloads]
-        records = self.detector.run(payloads, [explain[index] for index in owners], owners)
-        responses = []
-        for index, one in enumerate(parsed):
-            mine = [record for owner, record in zip(owners, records, strict=True) if owner == index]
-            responses.append(self.respond(context, index, one, mine, explain[index]))
+        grouped = self.detector.run_requests([one.payloads for one in parsed], explain)
+        responses = [self.respond(context, i, one, grouped[i], explain[i]) for i, one in enumerate(parsed)]
+        answered = [(i, record) for i, records in enumerate(grouped) for record in records]
         refused = [(i, Record(explain[i], None, one.error, None)) for i, one in enumerate(parsed) if one.error]
         seconds = time.perf_counter() - start
-        record_metrics(context.metrics, list(zip(owners, records, strict=True)) + refused, seconds, self.model_version)
+        record_metrics(context.metrics, answered + refused, seconds, self.model_version)
         return responses
 
     @staticmethod
