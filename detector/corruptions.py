@@ -89,6 +89,7 @@ class Corruption:
     parameter: str
     values: tuple[Parameter, ...]
     apply: Callable[[torch.Tensor, Any], torch.Tensor]
+    relative: bool = False  # the parameter is a share of the image's shorter side
 
     def value(self, severity: float) -> Parameter:
         """The parameter for a severity in [1, 5]: the table's row at 1..5, linear in between.
@@ -105,11 +106,21 @@ class Corruption:
             raise ValueError(f"{self.kind} has tuple parameters: use a severity of 1..5, got {severity}")
         return float(np.interp(severity, SEVERITIES, self.values))
 
-    def __call__(self, image: torch.Tensor, severity: float, seed: int) -> torch.Tensor:
-        """This corruption at `severity` on a uint8 (3, H, W) image; the same seed gives the same result."""
+    def __call__(
+        self, image: torch.Tensor, severity: float, seed: int, whole_short_side: int | None = None
+    ) -> torch.Tensor:
+        """This corruption at `severity` on a uint8 (3, H, W) image; the same seed gives the same result.
+
+        With `whole_short_side`, the image is a part of a larger one whose shorter side that is: a parameter
+        relative to the shorter side (a blur's radius) takes the whole image's, so the part is damaged as it
+        would be inside the whole (how training makes native crops of a blurred photo without blurring all of it).
+        """
         if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a uint8 (3, H, W) image, got {image.dtype} {tuple(image.shape)}")
-        return apply_seeded(self.apply, image, self.value(severity), seed)
+        value = self.value(severity)
+        if whole_short_side is not None and self.relative:
+            value = value * whole_short_side / short_side(image)
+        return apply_seeded(self.apply, image, value, seed)
 
 
 def apply_seeded(
@@ -340,9 +351,20 @@ CORRUPTIONS: dict[str, Corruption] = {
     for c in (
         Corruption("gaussian_noise", "noise", "noise std", (0.015, 0.025, 0.04, 0.06, 0.09), _gaussian_noise),
         Corruption("photon_noise", "noise", "std at mid grey", (0.015, 0.025, 0.04, 0.06, 0.09), _photon_noise),
-        Corruption("gaussian_blur", "blur", "sigma, % of shorter side", (0.25, 0.4, 0.6, 1.0, 1.6), _gaussian_blur),
-        Corruption("lens_blur", "blur", "disk radius, % of shorter side", (0.5, 0.8, 1.2, 2.0, 3.2), _lens_blur),
-        Corruption("shake_blur", "motion", "streak, % of shorter side", (0.7, 1.2, 2.0, 3.5, 6.0), _shake_blur),
+        Corruption(
+            "gaussian_blur",
+            "blur",
+            "sigma, % of shorter side",
+            (0.25, 0.4, 0.6, 1.0, 1.6),
+            _gaussian_blur,
+            relative=True,
+        ),
+        Corruption(
+            "lens_blur", "blur", "disk radius, % of shorter side", (0.5, 0.8, 1.2, 2.0, 3.2), _lens_blur, relative=True
+        ),
+        Corruption(
+            "shake_blur", "motion", "streak, % of shorter side", (0.7, 1.2, 2.0, 3.5, 6.0), _shake_blur, relative=True
+        ),
         Corruption("jpeg_compression", "compression", "JPEG quality", (30, 22, 15, 10, 6), _jpeg),
         Corruption("jpeg_recompression", "compression", "3 x quality", (45, 35, 25, 18, 12), _jpeg_recompression),
         Corruption("exposure", "exposure", "linear stops (+/-)", (0.5, 1.0, 2.0, 2.5, 3.0), _exposure),

@@ -4,9 +4,10 @@ Server-agnostic: the inference core (detector/inference.py) calls it for the req
 asked for an explanation. When the whole view decided, Captum's LayerGradCam weighs the activations of
 the backbone's `cam_layer` (a stride-16 stage: 10x13 cells for a 160x213 view) by the gradient of the
 whole view's "corrupted" logit, and the map has the image's own aspect ratio. When the native crops
-decided (noise, compression or pixelation too fine for the whole view), each crop stands for its quadrant
-of the image: the map shades each quadrant by its crop's P(corrupted) ("method": "crop-evidence"), which
-says where the damage was seen; a Grad-CAM of a 64-pixel crop would be a few pixels of the overview.
+decided (damage too fine for the whole view), each crop stands for its cell of the candidates' grid (the
+crops sit where the image has most detail, detector/preprocessing.py): the map shades those cells by their
+crop's P(corrupted) ("method": "crop-evidence"), which says where the damage was seen; a Grad-CAM of a
+64-pixel crop would be a few pixels of the overview.
 
 Every map is scaled to peak at 1, so a clean verdict's map would still show a hot spot: its body says the
 map is not evidence ("evidence": false) and its overlay shows the image plain.
@@ -23,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from detector.corruptions import to_pil
 from detector.model import CorruptionNet
-from detector.preprocessing import Views, grid_side, normalise
+from detector.preprocessing import CANDIDATES, Views, grid_side, normalise
 
 TARGET = "corrupted"
 # The overlay shows the explained view with its longer side at this many pixels, at the view's own aspect
@@ -154,11 +155,11 @@ class GradCamExplainer:
 
     @torch.inference_mode()
     def crop_evidence(self, views: Views) -> torch.Tensor:
-        """Each cell of the crops' grid (a quadrant for four crops) over the whole view, shaded by its native
-        crop's calibrated P(corrupted)."""
+        """The cell of the candidates' grid each crop was chosen from, over the whole view, shaded by that native
+        crop's calibrated P(corrupted); cells without a crop stay at zero."""
         margins = self.model.calibrated_crop(normalise(views.crops).to(self.device))[0]
         height, width = views.whole.shape[-2:]
-        side = grid_side(len(views.boxes))
+        side = grid_side(CANDIDATES)
         heatmap = torch.zeros(height, width)
         for (left, top, right, bottom), probability in zip(views.boxes, torch.sigmoid(margins).cpu(), strict=True):
             row, column = (top + bottom) // 2 * side // views.size[1], (left + right) // 2 * side // views.size[0]

@@ -3,9 +3,11 @@
 One backbone (detector/backbones.py) reads both kinds of view (detector/preprocessing.py); each kind has
 its own head, because each judges different damage:
 
-- the whole-view head judges every family (`TYPES`);
-- the crop head judges only what native pixels show and a downscale hides: noise, compression and
-  pixelation (`CROP_TYPES`). A native crop of a sharp photo's sky looks like blur; crops never vote on it.
+- the whole-view head judges every family (`TYPES`), from the trunk's features and the view's scene
+  statistics (detector/photometry.py: luminance percentiles, clipping, saturation, cast, gradient energy);
+- the crop head judges what native pixels show and a downscale hides (`CROP_TYPES`): noise, compression,
+  pixelation, and blur and motion, which on a large photo are about a pixel of the whole view. The crops
+  sit where the photo has most detail (detector/preprocessing.py), so a soft background is not blur.
 
 How views combine, stated per family and calibrated on held-out photos (training/calibrate.py):
 each head's margin (log-odds of "corrupted") is divided by its own temperature; the crops' evidence is
@@ -26,12 +28,13 @@ from torch import nn
 
 from detector.backbones import build_backbone
 from detector.corruptions import CLEAN, TYPES
+from detector.photometry import STATISTICS, scene_statistics
 from detector.preprocessing import Views, input_contract, normalise
 
 LABELS = ("clean", "corrupted")
-ARCHITECTURE = "whole-view-and-native-crops/v1"
+ARCHITECTURE = "whole-view-with-scene-statistics-and-detail-crops/v2"
 # What the crop head judges: damage a downscale averages away.
-FINE_TYPES = ("noise", "compression", "pixelation")
+FINE_TYPES = ("noise", "blur", "motion", "compression", "pixelation")
 CROP_TYPES = (CLEAN, *FINE_TYPES)
 # An image is called corrupted when its calibrated P(corrupted) is above this: the API's label and every metric.
 THRESHOLD = 0.5
@@ -77,7 +80,7 @@ class CorruptionNet(nn.Module):
         self.backbone = backbone
         self.trunk = build_backbone(backbone)
         self.dropout = nn.Dropout(DROPOUT)
-        self.whole_head = nn.Linear(self.trunk.num_features, 1 + len(TYPES))
+        self.whole_head = nn.Linear(self.trunk.num_features + STATISTICS, 1 + len(TYPES))
         self.crop_head = nn.Linear(self.trunk.num_features, 1 + len(CROP_TYPES))
         for name, value in asdict(Calibration()).items():
             self.register_buffer(name, torch.tensor(value))
@@ -98,7 +101,8 @@ class CorruptionNet(nn.Module):
 
     def whole(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Uncalibrated (margin, type logits) of normalised whole views of one size."""
-        out = self.whole_head(self.dropout(self.trunk(images)))
+        features = torch.cat([self.dropout(self.trunk(images)), scene_statistics(images).to(images.dtype)], dim=1)
+        out = self.whole_head(features)
         return out[:, 0], out[:, 1:]
 
     def crop(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

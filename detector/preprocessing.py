@@ -6,10 +6,14 @@ A photo's damage lives at two scales, so the model sees every image twice over:
   seen at their own size, at least MIN_SIDE). Blur, motion, exposure, contrast, colour, occlusion and,
   on small images, everything else show here: a blur of 0.6% of the shorter side is about one pixel of
   this view, however large the photo;
-- native crops: CROPS squares of CROP_SIZE pixels at the photo's own resolution, one in each quadrant,
-  on the JPEG block grid. Sensor noise, JPEG blocks and pixelation of a large photo are averaged away
-  by any downscale; these crops see them. Only images whose shorter side exceeds
-  GLOBAL_SIDE * CROPS_FROM_DOWNSCALE get crops: below that the whole view is close to native.
+- native crops: CROPS squares of CROP_SIZE pixels at the photo's own resolution, on the JPEG block grid,
+  where the photo has most detail: of CANDIDATES boxes centred in the cells of a square grid, the CROPS
+  whose surroundings have the most gradient energy in the whole view (`detail_boxes`). Sensor noise, JPEG
+  blocks and pixelation of a large photo are averaged away by any downscale, and blur of a large photo
+  is about a pixel of the whole view; these crops see them. They sit where the detail is, so a soft
+  background (shallow depth of field, a sky) is not mistaken for blur: blur is "even the most detailed
+  parts are soft". Only images whose shorter side exceeds GLOBAL_SIDE * CROPS_FROM_DOWNSCALE get crops:
+  below that the whole view is close to native.
 
 Panoramas beyond MAX_ASPECT are seen through their central MAX_ASPECT:1 part. This module is packed
 into the model archive, so the server runs the very code the model was trained with.
@@ -31,6 +35,10 @@ MIN_SIDE = 32
 MAX_ASPECT = 2.5
 CROP_SIZE = 64
 CROPS = 4
+# Candidate crop boxes, one centred in each cell of a square grid; the CROPS with most detail are kept.
+CANDIDATES = 16
+# The side (whole-view pixels) of the square around a candidate's centre whose detail ranks it, at least.
+DETAIL_FOOTPRINT = 8
 CROPS_FROM_DOWNSCALE = 1.5
 # Crops start on this grid: JPEG's 16-pixel chroma blocks sit where they sat in training.
 CROP_GRID = 16
@@ -95,8 +103,8 @@ def crop_start(length: int, cell: int, side: int) -> int:
     return max(0, min(length - CROP_SIZE, centre - CROP_SIZE // 2)) // CROP_GRID * CROP_GRID
 
 
-def crop_boxes(width: int, height: int, crops: int = CROPS) -> tuple[Box, ...]:
-    """One CROP_SIZE square centred in each cell of a square grid of `crops` cells (CROPS: one per quadrant),
+def crop_boxes(width: int, height: int, crops: int = CANDIDATES) -> tuple[Box, ...]:
+    """One CROP_SIZE square centred in each cell of a square grid of `crops` cells (the CANDIDATES for the crops),
     row by row, its corner snapped to the CROP_GRID."""
     side = grid_side(crops)
     boxes = []
@@ -108,12 +116,48 @@ def crop_boxes(width: int, height: int, crops: int = CROPS) -> tuple[Box, ...]:
     return tuple(boxes)
 
 
+def detail_map(whole: torch.Tensor) -> torch.Tensor:
+    """(h, w) gradient energy of a uint8 (3, h, w) view: |horizontal| + |vertical| luminance differences."""
+    grey = F.rgb_to_grayscale(whole).float()[0] / 255
+    energy = torch.zeros_like(grey)
+    energy[:, 1:] += (grey[:, 1:] - grey[:, :-1]).abs()
+    energy[1:, :] += (grey[1:, :] - grey[:-1, :]).abs()
+    return energy
+
+
+def box_detail(energy: torch.Tensor, box: Box, width: int, height: int) -> float:
+    """Mean detail around a box's centre in the whole view of a (width, height) image, over at least
+    DETAIL_FOOTPRINT view pixels square (a 64 px crop of a 12 MP photo covers about 3 of them)."""
+    left, top, right, bottom = central_box(width, height)
+    view_h, view_w = energy.shape
+    scale_x, scale_y = view_w / (right - left), view_h / (bottom - top)
+    centre_x, centre_y = ((box[0] + box[2]) / 2 - left) * scale_x, ((box[1] + box[3]) / 2 - top) * scale_y
+    half_x = max(DETAIL_FOOTPRINT, (box[2] - box[0]) * scale_x) / 2
+    half_y = max(DETAIL_FOOTPRINT, (box[3] - box[1]) * scale_y) / 2
+    x0, x1 = max(0, round(centre_x - half_x)), min(view_w, round(centre_x + half_x))
+    y0, y1 = max(0, round(centre_y - half_y)), min(view_h, round(centre_y + half_y))
+    if x1 <= x0 or y1 <= y0:
+        return 0.0  # outside the view (a panorama's ends): never preferred
+    return float(energy[y0:y1, x0:x1].mean())
+
+
+def detail_boxes(whole: torch.Tensor, width: int, height: int) -> tuple[Box, ...]:
+    """The CROPS candidate boxes of a (width, height) image with most detail in its whole view, row by row.
+    Ties keep the earlier candidate, so a flat image gets the same boxes every time."""
+    candidates = crop_boxes(width, height, CANDIDATES)
+    energy = detail_map(whole)
+    scores = [box_detail(energy, box, width, height) for box in candidates]
+    ranked = sorted(range(len(candidates)), key=lambda index: (-scores[index], index))
+    return tuple(candidates[index] for index in sorted(ranked[:CROPS]))
+
+
 def image_to_views(image: Image.Image) -> Views:
     """All views of an RGB image at its native resolution."""
-    boxes = crop_boxes(*image.size) if has_crops(*image.size) else ()
+    whole = whole_view(image)
+    boxes = detail_boxes(whole, *image.size) if has_crops(*image.size) else ()
     crops = [F.pil_to_tensor(image.crop(box)) for box in boxes]
     stacked = torch.stack(crops) if crops else torch.empty(0, 3, CROP_SIZE, CROP_SIZE, dtype=torch.uint8)
-    return Views(whole_view(image), stacked, boxes, image.size)
+    return Views(whole, stacked, boxes, image.size)
 
 
 def image_bytes_to_views(data: bytes) -> Views:
@@ -130,6 +174,9 @@ def input_contract() -> dict[str, Any]:
         "max_aspect": MAX_ASPECT,
         "crop_size": CROP_SIZE,
         "crops": CROPS,
+        "crop_choice": "most-detail/v1",
+        "candidates": CANDIDATES,
+        "detail_footprint": DETAIL_FOOTPRINT,
         "crops_from_downscale": CROPS_FROM_DOWNSCALE,
         "crop_grid": CROP_GRID,
         "mean": list(MEAN),

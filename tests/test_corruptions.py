@@ -128,6 +128,24 @@ def test_spatial_parameters_scale_with_the_shorter_side(photos, kind):
     assert alike < 0.35 * mean_abs_change(small, corrupt(small, kind, 4, seed=3)), kind
 
 
+@pytest.mark.parametrize("kind", ["gaussian_blur", "lens_blur", "shake_blur"])
+def test_a_part_is_damaged_as_inside_its_whole(photos, kind):
+    """Told the whole image's shorter side, a blur of a part has the whole's radius: the middle of the blurred part
+    matches the middle of the part of the blurred whole, and differs from the part blurred as an image of its own."""
+    whole = F.resize(photos[0], [400, 600], antialias=True)
+    part = whole[:, 100:300, 200:400]
+    as_inside = CORRUPTIONS[kind](part, 3, seed=5, whole_short_side=400)[:, 60:140, 60:140]
+    of_whole = CORRUPTIONS[kind](whole, 3, seed=5)[:, 160:240, 260:340]
+    on_its_own = CORRUPTIONS[kind](part, 3, seed=5)[:, 60:140, 60:140]
+    assert mean_abs_change(as_inside, of_whole) < 0.5 * mean_abs_change(on_its_own, of_whole), kind
+
+
+def test_only_relative_parameters_follow_the_whole_short_side(photos):
+    part = photos[0][:, :100, :100]
+    noisy = CORRUPTIONS["gaussian_noise"](part, 3, seed=1)
+    assert torch.equal(noisy, CORRUPTIONS["gaussian_noise"](part, 3, seed=1, whole_short_side=4000))
+
+
 def test_noise_survives_the_camera_jpeg_save(photos):
     photo = photos[0]
     clean, noisy = jpeg_roundtrip(photo, 92), jpeg_roundtrip(corrupt(photo, "gaussian_noise", 3, seed=0), 92)

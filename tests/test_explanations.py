@@ -27,7 +27,7 @@ from detector.explain import (
     overlay_area,
     overlay_png,
 )
-from detector.preprocessing import image_to_views, normalise
+from detector.preprocessing import CANDIDATES, grid_side, image_to_views, normalise
 from evaluation.explain_report import SIDE, heaviest_quadrant, quadrant_cases
 from tests.helpers import TIMEOUT, assert_prediction_schema, run_batch
 from tests.test_preprocessing import gradient
@@ -152,16 +152,26 @@ def test_quadrants_are_numbered_row_by_row(quadrant):
     assert heaviest_quadrant(heatmap) == quadrant
 
 
-def test_crop_evidence_shades_each_crops_quadrant_by_its_calibrated_probability(explainer):
+def test_crop_evidence_shades_each_crops_cell_by_its_calibrated_probability(explainer):
     views = image_to_views(gradient(1024, 768))
     heatmap, model = explainer.crop_evidence(views), explainer.model
     with torch.inference_mode():
         probabilities = torch.sigmoid(model.crop(normalise(views.crops))[0] / model.crop_temperature)
     height, width = heatmap.shape
-    for quadrant, probability in enumerate(probabilities / probabilities.max()):
-        row, column = divmod(quadrant, 2)
-        cell = heatmap[row * height // 2 : (row + 1) * height // 2, column * width // 2 : (column + 1) * width // 2]
-        assert torch.allclose(cell, probability.expand_as(cell)), quadrant
+    side = grid_side(CANDIDATES)
+    shaded = torch.zeros(side, side, dtype=torch.bool)
+    for (left, top, right, bottom), probability in zip(views.boxes, probabilities / probabilities.max(), strict=True):
+        row, column = (top + bottom) // 2 * side // 768, (left + right) // 2 * side // 1024
+        cell = heatmap[
+            row * height // side : (row + 1) * height // side, column * width // side : (column + 1) * width // side
+        ]
+        assert torch.allclose(cell, probability.expand_as(cell)), (row, column)
+        shaded[row, column] = True
+    for row, column in (~shaded).nonzero().tolist():
+        cell = heatmap[
+            row * height // side : (row + 1) * height // side, column * width // side : (column + 1) * width // side
+        ]
+        assert not cell.any(), "a cell without a crop has no evidence"
 
 
 def test_the_handler_routes_each_request_of_a_batch_by_its_explain_header(handler, subset):

@@ -51,7 +51,7 @@ def test_samples_are_a_function_of_seed_and_index(photos):
     assert any(not torch.equal(first[r][0], other[r][0]) for r in requests)
 
 
-def test_crops_are_native_size_and_only_fine_damage(photos):
+def test_crops_are_native_size_and_only_the_crop_heads_damage(photos):
     samples = CropSamples(photos, seed=0)
     kinds = set()
     for index in range(40):
@@ -61,6 +61,21 @@ def test_crops_are_native_size_and_only_fine_damage(photos):
         family = "clean" if kind == 0 else CORRUPTIONS[SAMPLE_KINDS[kind]].family
         assert CROP_TYPES[type_index] == family and family in ("clean", *FINE_TYPES)
     assert kinds - {"clean"} <= set(CROP_KINDS) and len(kinds) > 2
+
+
+def test_blurred_crops_are_soft_at_native_resolution(photos):
+    """Blur is made at the whole photo's radius, so a blurred crop has clearly less detail than a clean one:
+    the crop head can see it (an 80-pixel patch blurred at its own size would barely change)."""
+    samples = CropSamples(photos, seed=0)
+    energy: dict[str, list[float]] = {"clean": [], "blur": []}
+    for index in range(120):
+        crop, _, kind, _ = samples[index]
+        family = "clean" if kind == 0 else CORRUPTIONS[SAMPLE_KINDS[kind]].family
+        if family in energy:
+            grey = crop.mean(dim=0)
+            energy[family].append(float((grey[:, 1:] - grey[:, :-1]).abs().mean()))
+    assert min(len(values) for values in energy.values()) >= 5, energy
+    assert sum(energy["blur"]) / len(energy["blur"]) < 0.6 * sum(energy["clean"]) / len(energy["clean"])
 
 
 def test_cifar_samples_stay_32_pixels(images):

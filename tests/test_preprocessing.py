@@ -1,4 +1,5 @@
-"""The model's views of an image: the whole view at its aspect ratio, and native crops on the JPEG grid."""
+"""The model's views of an image: the whole view at its aspect ratio, and native crops on the JPEG grid where the
+photo has most detail."""
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ from PIL import Image
 
 from bench.inputs import encode, good_images
 from detector.preprocessing import (
+    CANDIDATES,
     CROP_GRID,
     CROP_SIZE,
     CROPS,
@@ -17,6 +19,7 @@ from detector.preprocessing import (
     MIN_SIDE,
     STD,
     crop_boxes,
+    detail_boxes,
     image_bytes_to_views,
     image_to_views,
     normalise,
@@ -74,16 +77,50 @@ def test_crops_only_where_the_whole_view_downscales_enough():
     assert len(image_to_views(gradient(threshold * 2, threshold + 1)).crops) == CROPS
 
 
-def test_crops_are_native_pixels_on_the_jpeg_grid_one_per_quadrant():
+def test_crops_are_native_pixels_on_the_jpeg_grid():
     image = gradient(1024, 768)
     views = image_to_views(image)
+    assert len(views.boxes) == CROPS
     for box, crop in zip(views.boxes, views.crops, strict=True):
         left, top, right, _ = box
         assert left % CROP_GRID == 0 and top % CROP_GRID == 0 and right - left == CROP_SIZE
         expected = torch.from_numpy(np.array(image.crop(box))).permute(2, 0, 1)
         assert torch.equal(crop, expected)
-    quadrants = {((left + right) // 2 >= 512, (top + bottom) // 2 >= 384) for left, top, right, bottom in views.boxes}
-    assert quadrants == {(False, False), (False, True), (True, False), (True, True)}
+
+
+def textured(image: Image.Image, box: tuple[int, int, int, int], seed: int = 0) -> Image.Image:
+    """The image with random texture (detail) painted over `box`."""
+    pixels = np.array(image)
+    left, top, right, bottom = box
+    pixels[top:bottom, left:right] = np.random.default_rng(seed).integers(0, 256, (bottom - top, right - left, 3))
+    return Image.fromarray(pixels)
+
+
+def test_crops_go_where_the_detail_is():
+    """A flat photo with one detailed patch (a subject in focus before a soft background): the crops sit on
+    the patch (it covers four candidates), never on the flat background far away."""
+    image = textured(Image.new("RGB", (4000, 3000), (90, 120, 160)), (2300, 200, 3700, 1300))
+    boxes = image_to_views(image).boxes
+    candidates = crop_boxes(4000, 3000, CANDIDATES)
+    assert len(boxes) == CROPS and set(boxes) <= set(candidates)
+    for left, top, right, bottom in boxes:
+        assert (left + right) / 2 > 2000 and (top + bottom) / 2 < 1500, boxes
+
+
+def test_detail_ranks_the_candidates_and_ties_keep_their_order():
+    flat = Image.new("RGB", (1600, 1200), (128, 128, 128))
+    assert image_to_views(flat).boxes == crop_boxes(1600, 1200, CANDIDATES)[:CROPS]
+    corner = textured(flat, (1200, 900, 1600, 1200))  # the bottom-right cell only
+    assert crop_boxes(1600, 1200, CANDIDATES)[-1] in image_to_views(corner).boxes
+
+
+def test_detail_boxes_read_the_whole_view_of_a_panorama_centre():
+    """A panorama's whole view is its central part: candidates outside it score nothing and are never chosen
+    over detail inside it."""
+    image = textured(Image.new("RGB", (6000, 1000), (50, 50, 50)), (0, 0, 1200, 1000))  # outside the view
+    image = textured(image, (2000, 0, 4000, 1000), seed=1)
+    boxes = detail_boxes(image_to_views(image).whole, 6000, 1000)
+    assert all(2000 <= (left + right) / 2 <= 4000 for left, _, right, _ in boxes), boxes
 
 
 def test_crop_boxes_stay_inside_narrow_images():
@@ -91,14 +128,12 @@ def test_crop_boxes_stay_inside_narrow_images():
         assert box[0] >= 0 and box[1] >= 0 and box[2] <= 250 and box[3] <= 2000
 
 
-def test_crop_boxes_are_the_trained_layout():
-    """The shipped weights were trained on these boxes: one 64-pixel square per quadrant, row by row."""
-    assert crop_boxes(4000, 3000) == (
-        (960, 704, 1024, 768),
-        (2960, 704, 3024, 768),
-        (960, 2208, 1024, 2272),
-        (2960, 2208, 3024, 2272),
-    )
+def test_candidate_boxes_are_the_trained_layout():
+    """The shipped weights were trained on crops chosen from these candidates: a 64-pixel square centred in each
+    cell of a 4 x 4 grid, row by row, on the 16-pixel grid."""
+    boxes = crop_boxes(4000, 3000, CANDIDATES)
+    assert boxes[:4] == ((464, 336, 528, 400), (1456, 336, 1520, 400), (2464, 336, 2528, 400), (3456, 336, 3520, 400))
+    assert boxes[-1] == (3456, 2592, 3520, 2656)
 
 
 @pytest.mark.parametrize("crops", [1, CROPS, 9, 16])

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from bench.torchserve import ROOT
-from detector.model import Calibration, build_model, load_model, read_checkpoint, save_checkpoint
+from detector.model import CROP_TYPES, Calibration, build_model, load_model, read_checkpoint, save_checkpoint
+from detector.photometry import STATISTICS
 from tests.conftest import MINI_CORPUS, TINY_TRAINING
 from training import train
 from training.calibrate import TEMPERATURE_BOUNDS
@@ -59,6 +60,28 @@ def test_fine_tuning_starts_from_an_uncalibrated_model(tmp_path):
     model = train.initial_model(train.parse_args(["--steps", "1", "--init", str(tmp_path / "model.pt")]))
     assert model.calibration() == Calibration()
     assert torch.equal(model.whole_head.weight, calibrated.whole_head.weight.half().float()), "the weights it tunes"
+
+
+def test_fine_tuning_carries_over_a_checkpoint_of_the_earlier_design(tmp_path):
+    """A v1 checkpoint (no scene statistics, a crop head without blur and motion) loads into this design: every
+    weight it has lands on the same output and input, the new inputs start at zero, so it answers as it did."""
+    old = build_model("efficientnet-lite0")
+    save_checkpoint(old, tmp_path / "model.pt", {})
+    checkpoint = torch.load(tmp_path / "model.pt", weights_only=True)
+    state = checkpoint["state_dict"]
+    v1_crop_types = ["clean", "noise", "compression", "pixelation"]
+    rows = [0, *(1 + CROP_TYPES.index(name) for name in v1_crop_types)]
+    state["whole_head.weight"] = state["whole_head.weight"][:, :-STATISTICS]
+    state["crop_head.weight"], state["crop_head.bias"] = state["crop_head.weight"][rows], state["crop_head.bias"][rows]
+    state["crop_type_columns"] = state["crop_type_columns"][[CROP_TYPES.index(n) for n in v1_crop_types]]
+    torch.save({**checkpoint, "crop_types": v1_crop_types, "architecture": "v1"}, tmp_path / "v1.pt")
+    model = train.initial_model(train.parse_args(["--steps", "1", "--init", str(tmp_path / "v1.pt")]))
+    whole = model.whole_head.weight.detach()
+    assert torch.equal(whole[:, :-STATISTICS], old.whole_head.weight.detach()[:, :-STATISTICS].half().float())
+    assert not whole[:, -STATISTICS:].any(), "scene statistics start unused"
+    assert torch.equal(model.crop_head.weight.detach()[rows], state["crop_head.weight"].float())
+    new_rows = [1 + CROP_TYPES.index(name) for name in ("blur", "motion")]
+    assert not model.crop_head.weight.detach()[new_rows].any()
 
 
 def test_pretrained_weights_load_from_the_installed_wheel():

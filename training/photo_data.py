@@ -9,7 +9,10 @@ Three streams, each a map-style dataset whose item randomness depends on (seed, 
   CROPS_FROM_DOWNSCALE of its size): on larger photos only the crops can, and the whole view is not
   asked to guess. A batch shares one aspect ratio and one view size (`ViewBatches`).
 - `CropSamples`: native crops (from photos kept at full resolution, or shrunk up to 4x) clean or with
-  noise, compression or pixelation, saved as JPEG on the grid the server's crops sit on.
+  noise, blur, motion, compression or pixelation, saved as JPEG on the grid the server's crops sit on, and
+  placed where the server places them: on one of the photo's most detailed candidate boxes
+  (detector.preprocessing.detail_boxes). Blur is made on the crop's surroundings at the radius it has
+  on the whole photo, so a crop of a blurred 12 MP photo is as soft as the server's crop of it.
 - `CifarSamples`: 32x32 images, clean or under the CIFAR table and the size-free photo kinds, so small
   images keep working.
 
@@ -48,6 +51,8 @@ from detector.preprocessing import (
     CROPS_FROM_DOWNSCALE,
     GLOBAL_SIDE,
     MIN_SIDE,
+    detail_boxes,
+    has_crops,
     normalise,
     whole_view,
 )
@@ -66,6 +71,11 @@ GREYSCALE_SHARE = 0.05
 LOSSLESS_CLEAN_SHARE = 0.3
 # Kinds the crop head learns (their family is one of FINE_TYPES).
 CROP_KINDS = tuple(kind for kind, c in CORRUPTIONS.items() if c.family in FINE_TYPES)
+# Kinds a downscale hides: whole-view samples draw them only at sizes where the whole view can still see them.
+DOWNSCALE_HIDDEN_FAMILIES = ("noise", "compression", "pixelation")
+DOWNSCALE_HIDDEN_KINDS = tuple(kind for kind, c in CORRUPTIONS.items() if c.family in DOWNSCALE_HIDDEN_FAMILIES)
+# Pixels of a crop's surroundings (a multiple of CROP_GRID) made and damaged with it: what a blur draws in.
+CROP_CONTEXT = 4 * CROP_GRID
 # Photo kinds that mean the same at 32 px as on a photo (no spatial parameter), added to the CIFAR table's.
 SIZE_FREE_KINDS = ("photon_noise", "low_contrast", "saturation", "pixelation")
 CIFAR_KINDS = (*CIFAR_CORRUPTIONS, *SIZE_FREE_KINDS)
@@ -129,13 +139,21 @@ def random_part(photo: torch.Tensor, aspect: float, rng: np.random.Generator) ->
     return photo[:, top : top + part_h, left : left + part_w]
 
 
-def corrupt_or_not(image: torch.Tensor, kinds: Sequence[str], table: dict, rng: np.random.Generator) -> tuple:
-    """(image, its index in SAMPLE_KINDS): clean with CLEAN_SHARE, else one of `kinds` at a random severity."""
+def corrupt_or_not(
+    image: torch.Tensor,
+    kinds: Sequence[str],
+    table: dict,
+    rng: np.random.Generator,
+    whole_short_side: int | None = None,
+) -> tuple:
+    """(image, its index in SAMPLE_KINDS): clean with CLEAN_SHARE, else one of `kinds` at a random severity
+    (`whole_short_side`: the image is part of a larger one, detector.corruptions.Corruption)."""
     if rng.random() < CLEAN_SHARE:
         return image, 0
     kind = kinds[int(rng.integers(0, len(kinds)))]
     severity = float(rng.uniform(SEVERITIES[0], SEVERITIES[-1]))
-    return table.get(kind, CORRUPTIONS[kind])(image, severity, torch_seed(rng)), SAMPLE_KINDS.index(kind)
+    corruption = table.get(kind, CORRUPTIONS[kind])
+    return corruption(image, severity, torch_seed(rng), whole_short_side), SAMPLE_KINDS.index(kind)
 
 
 @dataclass(frozen=True)
@@ -165,7 +183,7 @@ class WholeViewSamples(Dataset):
         rng = sample_rng(self.seed, WHOLE_STREAM, request.index)
         source = self.photos.shrunk[int(rng.integers(0, len(self.photos.shrunk)))]
         part = random_part(source, request.aspect, rng)
-        fine = rng.random() < len(CROP_KINDS) / len(CORRUPTIONS)  # drawn first: it limits the native size
+        fine = rng.random() < len(DOWNSCALE_HIDDEN_KINDS) / len(CORRUPTIONS)  # drawn first: it limits the size
         short = min(part.shape[-2:])
         if request.small_side is not None:
             side = min(short, request.small_side)
@@ -178,7 +196,7 @@ class WholeViewSamples(Dataset):
             image = F.horizontal_flip(image)
         if rng.random() < GREYSCALE_SHARE:
             image = F.rgb_to_grayscale(image, num_output_channels=3)
-        kinds = CROP_KINDS if fine else tuple(k for k in CORRUPTIONS if k not in CROP_KINDS)
+        kinds = DOWNSCALE_HIDDEN_KINDS if fine else tuple(k for k in CORRUPTIONS if k not in DOWNSCALE_HIDDEN_KINDS)
         image, kind = corrupt_or_not(image, kinds, CORRUPTIONS, rng)
         view = whole_view(to_pil(save_like_a_camera(image, kind > 0, rng)))
         if tuple(view.shape[-2:]) != request.view_shape:  # a pixel of rounding between samples of a batch
@@ -205,29 +223,41 @@ class ViewBatches(Sampler[list[WholeViewRequest]]):
 
 
 class CropSamples(Dataset):
-    """Native crops of training photos, clean or with noise, compression or pixelation. Items are
-    (normalised crop, label, sample kind, crop-type index into CROP_TYPES)."""
+    """Native crops of training photos where they have most detail, clean or with a CROP_KINDS corruption
+    (module docstring). Items are (normalised crop, label, sample kind, crop-type index into CROP_TYPES)."""
 
     def __init__(self, photos: PhotoSet, seed: int) -> None:
         self.photos = photos
         self.seed = seed
+        # A photo's whole view at any scale is its shrunk copy's: the crops' ranking by detail, made once.
+        self.views = [whole_view(to_pil(shrunk)) for shrunk in photos.shrunk]
 
     def __len__(self) -> int:
         return 2**31 - 1
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
         rng = sample_rng(self.seed, CROP_STREAM, index)
-        source = self.photos.native[int(rng.integers(0, len(self.photos.native)))]
-        region = CROP_SIZE + CROP_GRID
-        scale = math.exp(rng.uniform(math.log(0.25), 0.0))  # the photo as shipped, or shrunk up to 4x
-        span = min(min(source.shape[-2:]), round(region / scale))
-        top = int(rng.integers(0, source.shape[-2] - span + 1))
-        left = int(rng.integers(0, source.shape[-1] - span + 1))
-        patch = F.resize(source[:, top : top + span, left : left + span], [region, region], antialias=True)
-        patch, kind = corrupt_or_not(patch, CROP_KINDS, CORRUPTIONS, rng)
+        chosen = int(rng.integers(0, len(self.photos.native)))
+        source = self.photos.native[chosen]
+        height, width = source.shape[-2:]
+        smallest = min(1.0, GLOBAL_SIDE * CROPS_FROM_DOWNSCALE * 1.1 / min(height, width))
+        scale = math.exp(rng.uniform(math.log(max(0.25, smallest)), 0.0))  # as shipped, or shrunk up to 4x
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))  # the photo as the server gets it
+        boxes = detail_boxes(self.views[chosen], *size) if has_crops(*size) else ((0, 0, CROP_SIZE, CROP_SIZE),)
+        box = boxes[int(rng.integers(0, len(boxes)))]
+        region = (
+            max(0, box[0] - CROP_CONTEXT),
+            max(0, box[1] - CROP_CONTEXT),
+            min(size[0], box[2] + CROP_CONTEXT),
+            min(size[1], box[3] + CROP_CONTEXT),
+        )
+        native = [round(edge / scale) for edge in region]
+        patch = source[:, native[1] : max(native[1] + 1, native[3]), native[0] : max(native[0] + 1, native[2])]
+        patch = F.resize(patch, [region[3] - region[1], region[2] - region[0]], antialias=True)
+        patch, kind = corrupt_or_not(patch, CROP_KINDS, CORRUPTIONS, rng, whole_short_side=min(size))
         saved = save_like_a_camera(patch, kind > 0, rng)
-        offset_y, offset_x = (CROP_GRID * int(rng.integers(0, 2)) for _ in range(2))
-        crop = saved[:, offset_y : offset_y + CROP_SIZE, offset_x : offset_x + CROP_SIZE]
+        left, top = box[0] - region[0], box[1] - region[1]
+        crop = saved[:, top : top + CROP_SIZE, left : left + CROP_SIZE]
         family = "clean" if kind == 0 else CORRUPTIONS[SAMPLE_KINDS[kind]].family
         return normalise(crop), int(kind > 0), kind, CROP_TYPES.index(family)
 

@@ -3,7 +3,7 @@
 python -m training.train --photos data/photos --cifar ../shared/data/cifar10-subset/train --minutes 60 --out checkpoints
 
 Each step trains on one batch of one stream (training/photo_data.py), in a fixed cycle: whole views of
-photos (three batches), native crops of photos, CIFAR images. The budget is wall-clock minutes on this
+photos (two batches), native crops of photos, CIFAR images. The budget is wall-clock minutes on this
 machine (`--minutes`, the learning rate follows a cosine over the elapsed time) or a number of steps
 (`--steps`, reproducible, and what several processes need). Every `--save-every` minutes the state is
 written to OUT/train_state.pt, and `--resume` continues a run from it.
@@ -42,7 +42,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from detector.backbones import LITE_CONFIGS
-from detector.model import CorruptionNet, build_model, load_model, save_checkpoint
+from detector.corruptions import TYPES
+from detector.model import CROP_TYPES, CorruptionNet, build_model, save_checkpoint
 from training.calibrate import SAMPLES, calibrate_checkpoint
 from training.data import load_clean_images, split_cifar
 from training.photo_data import (
@@ -56,7 +57,7 @@ from training.photo_data import (
 )
 
 # One cycle of steps: which stream each step trains on.
-CYCLE = ("whole", "whole", "whole", "crop", "cifar")
+CYCLE = ("whole", "whole", "crop", "cifar")
 WARMUP = 0.03  # share of the budget spent warming the learning rate up
 
 
@@ -149,7 +150,8 @@ def pretrained_weights(backbone: str) -> Path:
 def initial_model(args: argparse.Namespace) -> CorruptionNet:
     """A checkpoint to fine-tune (calibration reset), the backbone with ImageNet weights, or a fresh model."""
     if args.init:
-        model = load_model(args.init)
+        model = build_model(torch.load(args.init, map_location="cpu", weights_only=True)["backbone"])
+        carry_over(model, args.init)
         model.reset_calibration()
         return model
     model = build_model(args.backbone)
@@ -159,13 +161,48 @@ def initial_model(args: argparse.Namespace) -> CorruptionNet:
     return model
 
 
+def carry_over(model: CorruptionNet, path: Path) -> None:
+    """Load a checkpoint's weights into `model`, also one of an earlier design (another ARCHITECTURE).
+
+    The trunk and every tensor of the same shape load as they are. A head of an earlier design loads row by
+    row for the outputs both designs have (by name: the margin, then TYPES or CROP_TYPES as the checkpoint
+    lists them) and column by column for the inputs both have (the trunk's features); inputs the design
+    added (the scene statistics) start at zero, so the fine-tuned model starts out answering as the old one.
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    names = {"whole_head": ["margin", *checkpoint["types"]], "crop_head": ["margin", *checkpoint["crop_types"]]}
+    ours = {"whole_head": ["margin", *TYPES], "crop_head": ["margin", *CROP_TYPES]}
+    state = model.state_dict()
+    for name, tensor in checkpoint["state_dict"].items():
+        if name == "crop_type_columns":
+            continue  # where CROP_TYPES sit in TYPES: this design's, set when the model is built
+        target = state[name]
+        head = name.split(".")[0]
+        if tensor.shape == target.shape and (head not in names or names[head] == ours[head]):
+            target.copy_(tensor)
+            continue
+        if head not in names:
+            raise ValueError(f"{path}: {name} has shape {tuple(tensor.shape)}, this design {tuple(target.shape)}")
+        if name.endswith("weight"):
+            target.zero_()
+        for row, output in enumerate(names[head]):
+            if output in ours[head]:
+                index = ours[head].index(output)
+                if tensor.ndim > 1:
+                    target[index, : tensor.shape[1]] = tensor[row]
+                else:
+                    target[index] = tensor[row]
+    model.load_state_dict(state)
+
+
 def frozen_modules(model: CorruptionNet, args: argparse.Namespace) -> list[nn.Module]:
-    """The stem and first blocks of a pretrained EfficientNet-Lite, kept as ImageNet trained them.
+    """The stem and first blocks of a pretrained EfficientNet-Lite, kept as ImageNet trained them (and as a
+    checkpoint fine-tuned with `--init` has them: one trained this way kept them too).
 
     Their edge and texture filters are what every later layer builds on, and skipping their backward pass
     (the costliest, at the highest resolution) made a training step 27% faster here (3 blocks, 160x213).
     """
-    if not (args.pretrained and args.backbone in LITE_CONFIGS and args.freeze_blocks and not args.init):
+    if not (args.pretrained and args.backbone in LITE_CONFIGS and args.freeze_blocks):
         return []
     trunk = model.trunk
     return [trunk._conv_stem, trunk._bn0, *trunk._blocks[: args.freeze_blocks]]
