@@ -53,11 +53,12 @@ FROM ${BASE_IMAGE} AS runtime
 ARG PYTHON_VERSION=3.11.2-6+deb12u9
 ARG JRE_VERSION=17.0.21.1+2-1~deb12u1
 ARG TINI_VERSION=0.19.0-1+b3
+ARG TURBOJPEG_VERSION=1:2.1.5-2
 # The JRE's postinst links man pages into /usr/share/man/man1, which slim images leave out.
 RUN mkdir -p /usr/share/man/man1 \
     && apt-get update \
     && apt-get install -y --no-install-recommends python3.11="${PYTHON_VERSION}" \
-        openjdk-17-jre-headless="${JRE_VERSION}" tini="${TINI_VERSION}" \
+        openjdk-17-jre-headless="${JRE_VERSION}" tini="${TINI_VERSION}" libturbojpeg0="${TURBOJPEG_VERSION}" \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 app \

@@ -8,12 +8,14 @@ than `decode_bytes` of it: the decoded buffer plus the RGB result. Packed into t
 with the rest of `detector`.
 """
 
+import functools
 import io
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
+from turbojpeg import TJPF_RGB, TurboJPEG
 
 from detector.structure import ARITHMETIC_JPEG, StructureError, check_png_rows, check_structure, jpeg_scan_start
 
@@ -92,7 +94,8 @@ def may_be_rotated(image: Image.Image) -> bool:
 
 
 def progressive_jpeg_bytes(image: Image.Image) -> float:
-    """Bytes per pixel of a progressive JPEG's coefficient buffer: 2 per coefficient, per component's sampling."""
+    """Bytes per pixel of a JPEG's coefficient buffer (what a progressive decode or a lossless transform keeps):
+    2 per coefficient, per component's sampling."""
     layers = getattr(image, "layer", None) or [(0, 1, 1, 0)] * 4
     most_h = max(h for _, h, _, _ in layers)
     most_v = max(v for _, _, v, _ in layers)
@@ -170,18 +173,19 @@ def check_jpeg_scan(image: Image.Image, data: bytes) -> None:
         )
 
 
-def load_rgb(image: Image.Image, reduce_to: int | None = None) -> Image.Image:
+def load_rgb(image: Image.Image, reduce_to: int | tuple[int, int] | None = None) -> Image.Image:
     """Decode an opened image's pixels into an upright RGB image.
 
-    With `reduce_to`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still
-    covers reduce_to x reduce_to pixels: when only a small resized copy is needed this makes
+    With `reduce_to` (a size, or a side for a square), a JPEG is decoded at the smallest DCT scale
+    (1/2, 1/4, 1/8) that still covers it: when only a small resized copy is needed this makes
     decoding a 1024x768 photo about 3x faster, and the resized result differs by ~0.2/255.
     Truncated data raises here: ImageFile.LOAD_TRUNCATED_IMAGES must stay False (checked).
     """
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on: truncated images would decode silently")
     if reduce_to:
-        image.draft(None, (reduce_to, reduce_to))  # a no-op for formats other than JPEG
+        size = (reduce_to, reduce_to) if isinstance(reduce_to, int) else reduce_to
+        image.draft(None, size)  # a no-op for formats other than JPEG
     try:
         image.load()  # first frame only for animated images
         ImageOps.exif_transpose(image, in_place=True)
@@ -190,9 +194,52 @@ def load_rgb(image: Image.Image, reduce_to: int | None = None) -> Image.Image:
         raise BadImageError("truncated_image", f"the image data is truncated or corrupt: {error}") from error
 
 
-def decode_image(data: bytes, reduce_to: int | None = None) -> Image.Image:
+def decode_image(data: bytes, reduce_to: int | tuple[int, int] | None = None) -> Image.Image:
     """Bytes -> upright RGB image (`open_image`, then `load_rgb`)."""
     return load_rgb(open_image(data), reduce_to)
+
+
+def dct_scale(image: Image.Image, size: tuple[int, int]) -> int:
+    """The factor (1, 2, 4 or 8) libjpeg's DCT scaling would shrink an opened JPEG by, still covering `size`
+    (as `load_rgb(image, size)` decodes it); 1 for every other format."""
+    if image.format != "JPEG":
+        return 1
+    most = min(image.width // max(1, size[0]), image.height // max(1, size[1]))
+    return max((factor for factor in (1, 2, 4, 8) if factor <= most), default=1)
+
+
+def jpeg_block(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened JPEG's MCU, from its components' sampling factors: 16x16 for 4:2:0,
+    8x8 for 4:4:4 and greyscale. Lossless crops must start on it."""
+    layers = getattr(image, "layer", None) or [(0, 1, 1, 0)]
+    return 8 * max(h for _, h, _, _ in layers), 8 * max(v for _, _, v, _ in layers)
+
+
+@functools.cache
+def turbojpeg() -> TurboJPEG | None:
+    """libjpeg-turbo's TurboJPEG library (Debian: libturbojpeg0) through PyTurboJPEG, loaded once; None when the
+    shared library is not installed: callers then decode with Pillow alone (correct, slower for large photos)."""
+    try:
+        return TurboJPEG()
+    except (OSError, RuntimeError):
+        return None
+
+
+def decode_jpeg_crops(data: bytes, boxes: Sequence[tuple[int, int, int, int]]) -> list[np.ndarray] | None:
+    """Each box of a JPEG decoded alone, at native resolution, as RGB (h, w, 3) uint8: cut losslessly from the
+    compressed data (libjpeg-turbo's transform: Huffman decoding of the image, no inverse DCT or colour
+    conversion of anything outside the boxes). Boxes must start on the JPEG's MCU (`jpeg_block`).
+    None when TurboJPEG is missing or cannot cut this JPEG: the caller decodes it whole."""
+    library = turbojpeg()
+    if library is None:
+        return None
+    try:
+        parts = library.crop_multiple(
+            data, [(left, top, right - left, bottom - top) for left, top, right, bottom in boxes]
+        )
+        return [library.decode(part, pixel_format=TJPF_RGB) for part in parts]
+    except (OSError, ValueError):
+        return None
 
 
 def bands(image: Image.Image) -> Iterator[tuple[int, int, int, int]]:

@@ -8,7 +8,7 @@ its requests into payloads and the records into responses.
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,10 +16,10 @@ from PIL import Image
 
 from detector.budget import over_budget
 from detector.corruptions import TYPES
-from detector.decoding import BadImageError, load_rgb, open_image
+from detector.decoding import BadImageError, open_image
 from detector.explain import GradCamExplainer, explanation_body
 from detector.model import LABELS, is_corrupted, load_model
-from detector.preprocessing import Views, image_to_views
+from detector.preprocessing import Views, opened_to_views
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class CorruptionDetector:
         for index, request in enumerate(requests):
             image, seconds = opened[index]
             opened[index] = None  # an opened image keeps its decoded pixels: one image's at a time, never the batch's
-            prepared.append(self._views(image, seconds, refusals.get(request)))
+            prepared.append(self._views(image, seconds, refusals.get(request), payloads[index]))
         good = [index for index, (views, _) in enumerate(prepared) if isinstance(views, Views)]
         bodies = dict(zip(good, self.answer([prepared[i][0] for i in good], [explain[i] for i in good]), strict=True))
         return [
@@ -141,7 +141,7 @@ class CorruptionDetector:
 
     def prepare(self, payload: bytes | BadImageError) -> tuple[Views | BadImageError, float | None]:
         """One payload's views (or why it has none) and the seconds they took, outside any request's budget."""
-        return self._views(*self._open(payload), None)
+        return self._views(*self._open(payload), None, payload)
 
     @staticmethod
     def _open(payload: bytes | BadImageError) -> tuple[Image.Image | BadImageError, float | None]:
@@ -156,16 +156,19 @@ class CorruptionDetector:
         return image, time.perf_counter() - start
 
     def _views(
-        self, image: Image.Image | BadImageError, seconds: float | None, refused: BadImageError | None
+        self,
+        image: Image.Image | BadImageError,
+        seconds: float | None,
+        refused: BadImageError | None,
+        payload: bytes | BadImageError,
     ) -> tuple[Views | BadImageError, float | None]:
-        """An opened image's views, unless it or its request was refused; the time adds to the header's."""
+        """An opened image's views (from its payload's bytes), unless it or its request was refused; the time adds
+        to the header's."""
         if isinstance(image, BadImageError) or refused is not None:
             return (image if isinstance(image, BadImageError) else refused), seconds
         start = time.perf_counter()
         try:
-            views: Views | BadImageError = image_to_views(load_rgb(image))
-            if not self.crops:
-                views = replace(views, crops=views.crops[:0], boxes=())
+            views: Views | BadImageError = opened_to_views(image, payload, self.crops)
         except BadImageError as error:
             views = error
         return views, (seconds or 0.0) + time.perf_counter() - start

@@ -23,12 +23,23 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
 
 from detector.backbones import LITE_MEAN, LITE_STD
-from detector.decoding import decode_image
+from detector.decoding import (
+    dct_scale,
+    decode_bytes,
+    decode_jpeg_crops,
+    jpeg_block,
+    load_rgb,
+    may_be_rotated,
+    open_image,
+    progressive_jpeg_bytes,
+    turbojpeg,
+)
 
 GLOBAL_SIDE = 160
 MIN_SIDE = 32
@@ -46,6 +57,10 @@ CROP_GRID = 16
 MEAN = LITE_MEAN
 STD = LITE_STD
 
+# Cut crops losslessly from a JPEG's compressed data (a second Huffman pass) when its whole view decodes at least
+# this much reduced; below, one full decode is cheaper (bench.views).
+CUT_CROPS_FROM_SCALE = 4
+
 Box = tuple[int, int, int, int]  # left, top, right, bottom in the image's own pixels
 
 
@@ -57,6 +72,9 @@ class Views:
     crops: torch.Tensor  # (k, 3, CROP_SIZE, CROP_SIZE) uint8, k in {0, CROPS}
     boxes: tuple[Box, ...]  # where each crop lies in the image
     size: tuple[int, int]  # the image's (width, height)
+
+
+NO_CROPS = torch.empty(0, 3, CROP_SIZE, CROP_SIZE, dtype=torch.uint8)
 
 
 def central_box(width: int, height: int) -> Box:
@@ -74,11 +92,15 @@ def whole_size(width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def whole_view(image: Image.Image) -> torch.Tensor:
-    """The whole view of an RGB image (see the module docstring), as uint8 CHW."""
-    box = central_box(*image.size)
+def whole_view(image: Image.Image, native_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """The whole view of an RGB image (see the module docstring), as uint8 CHW. With `native_size`, the image is
+    a reduced decode of one that size (libjpeg's DCT scaling): the view is the native image's, of its size."""
+    width, height = native_size or image.size
+    left, top, right, bottom = central_box(width, height)
+    scale_x, scale_y = image.width / width, image.height / height
+    box = (round(left * scale_x), round(top * scale_y), round(right * scale_x), round(bottom * scale_y))
     part = image.crop(box) if box != (0, 0, *image.size) else image
-    size = whole_size(*part.size)
+    size = whole_size(right - left, bottom - top)
     if size != part.size:
         # reducing_gap: Pillow first shrinks by an integer factor with a box filter (fast), then resamples.
         part = part.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
@@ -156,13 +178,61 @@ def image_to_views(image: Image.Image) -> Views:
     whole = whole_view(image)
     boxes = detail_boxes(whole, *image.size) if has_crops(*image.size) else ()
     crops = [F.pil_to_tensor(image.crop(box)) for box in boxes]
-    stacked = torch.stack(crops) if crops else torch.empty(0, 3, CROP_SIZE, CROP_SIZE, dtype=torch.uint8)
-    return Views(whole, stacked, boxes, image.size)
+    return Views(whole, torch.stack(crops) if crops else NO_CROPS, boxes, image.size)
+
+
+def whole_view_decode_size(width: int, height: int) -> tuple[int, int]:
+    """The least size a decode of a (width, height) image must keep for its whole view to be made as from the
+    native pixels: whole_view's resize first box-reduces to about its reducing gap (3x) of the view."""
+    scale = 3 * GLOBAL_SIDE / min(width, height)
+    return math.ceil(width * scale), math.ceil(height * scale)
+
+
+def cheap_decode_scale(image: Image.Image, crops: bool) -> int:
+    """The DCT scale (1: none) at which this opened image's views are cheapest to make, from its header.
+
+    A whole view never needs every pixel of a large JPEG: libjpeg-turbo decodes it at 1/2..1/8 in the DCT domain.
+    Its crops are then cut losslessly from the compressed data (detector.decoding.decode_jpeg_crops), which costs
+    a second Huffman pass: worth it from CUT_CROPS_FROM_SCALE on (bench.views). Rotated images (EXIF), modes
+    other than RGB and grey, MCUs the crop grid does not sit on, coefficients that would take more memory than
+    the full decode (4:4:4), and a missing TurboJPEG take the full decode.
+    """
+    size = whole_view_decode_size(*image.size)
+    scale = dct_scale(image, size)
+    if scale == 1 or image.mode not in ("RGB", "L") or may_be_rotated(image):
+        return 1
+    if not (crops and has_crops(*image.size)):
+        return scale
+    block_w, block_h = jpeg_block(image)
+    on_grid = CROP_GRID % block_w == 0 and CROP_GRID % block_h == 0
+    # Cutting reads every DCT coefficient into memory: never more than the full decode the header was admitted for.
+    within = progressive_jpeg_bytes(image) * image.width * image.height <= decode_bytes(image)
+    return scale if on_grid and within and scale >= CUT_CROPS_FROM_SCALE and turbojpeg() is not None else 1
+
+
+def opened_to_views(image: Image.Image, data: bytes, crops: bool = True) -> Views:
+    """The serving path for one image whose header `open_image` checked: its views, by the cheapest decode.
+
+    Large JPEGs: the whole view from a DCT-scaled decode, the crops cut losslessly where it says the detail is;
+    everything else (and a JPEG TurboJPEG cannot cut) decodes whole. Without `crops`, no crops are made.
+    """
+    if cheap_decode_scale(image, crops) > 1:
+        size = image.size
+        whole = whole_view(load_rgb(image, whole_view_decode_size(*size)), size)
+        if not (crops and has_crops(*size)):
+            return Views(whole, NO_CROPS, (), size)
+        boxes = detail_boxes(whole, *size)
+        cut = decode_jpeg_crops(data, boxes)
+        if cut is not None:
+            return Views(whole, torch.from_numpy(np.stack(cut)).permute(0, 3, 1, 2).contiguous(), boxes, size)
+        image = open_image(data)  # the drafted image holds its reduced decode: read the header again
+    views = image_to_views(load_rgb(image))
+    return views if crops else Views(views.whole, NO_CROPS, (), views.size)
 
 
 def image_bytes_to_views(data: bytes) -> Views:
-    """The whole serving path for one image: bytes -> upright RGB (detector.decoding) -> its views."""
-    return image_to_views(decode_image(data))
+    """The whole serving path for one image: bytes -> checked header (detector.decoding) -> its views."""
+    return opened_to_views(open_image(data), data)
 
 
 def input_contract() -> dict[str, Any]:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from bench.inputs import bad_images, encode, sample_rgb
-from bench.limits import MAKERS, format_cases, short_scan_jpeg
+from bench.limits import MAKERS, format_cases, picture, short_scan_jpeg
 from bench.torchserve import ROOT
 from detector.decoding import (
     MAX_DECODE_BYTES,
@@ -19,6 +19,7 @@ from detector.decoding import (
     open_image,
     to_rgb,
 )
+from detector.preprocessing import cheap_decode_scale
 
 MIB = 2**20
 # Peak RSS growth of one decode may exceed its estimate by this much: allocator rounding, Python objects.
@@ -26,15 +27,18 @@ ESTIMATE_SLACK = 1.05
 ESTIMATE_SLACK_BYTES = 8 * MIB
 # Runs in a fresh interpreter: the peak RSS growth while decoding the file in argv[1], in bytes. The kernel's
 # high-water mark (VmHWM) is reset first: ru_maxrss would start from the parent's peak, inherited at fork.
+# argv[2] names what runs: a decode, or the views (a large JPEG's reduced decode and lossless crops).
 MEASURE = """
 import re, sys
 from pathlib import Path
 from detector.decoding import decode_image
+from detector.preprocessing import image_bytes_to_views
 def kib(field): return int(re.search(field + r":\\s+(\\d+) kB", Path("/proc/self/status").read_text())[1])
 data = Path(sys.argv[1]).read_bytes()
+run = {"decode": decode_image, "views": image_bytes_to_views}[sys.argv[2]]
 Path("/proc/self/clear_refs").write_text("5")
 before = kib("VmRSS")
-decode_image(data)
+run(data)
 print((kib("VmHWM") - before) * 1024)
 """
 
@@ -74,20 +78,34 @@ def test_over_the_decode_budget_is_refused_before_decoding(monkeypatch):
     assert refused.value.reason == "too_many_pixels"
 
 
+def measured_peak(data: bytes, run: str, tmp_path) -> int:
+    """Peak RSS growth (bytes) of `run` ("decode" or "views") on the image, in a fresh interpreter."""
+    path = tmp_path / "image"
+    path.write_bytes(data)
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(path), run], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout)
+
+
 @pytest.mark.parametrize("name", sorted(MAKERS))
 def test_decoding_stays_within_its_estimate(name, tmp_path):
     """Peak memory of a real decode, in a fresh process, against the header's estimate: 6 MP of each path."""
     data = MAKERS[name](3000, 2000, False)
     estimate = decode_bytes(open_image(data))
-    path = tmp_path / "image"
-    path.write_bytes(data)
-    result = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    peak = int(result.stdout)
+    peak = measured_peak(data, "decode", tmp_path)
     assert peak <= estimate * ESTIMATE_SLACK + ESTIMATE_SLACK_BYTES, f"{peak / MIB:.0f} MiB > {estimate / MIB:.0f}"
     assert peak >= estimate / 3, f"measured {peak / MIB:.0f} MiB: is the measurement blind?"
+
+
+def test_a_large_jpegs_cheap_views_stay_within_the_decode_estimate(tmp_path):
+    """The reduced decode plus the lossless crops (every DCT coefficient held at once) of a 6 MP 4:2:0 JPEG: no more
+    memory than the full decode its header was admitted for."""
+    data = encode(picture(3000, 2000, True), "JPEG", quality=90)
+    assert cheap_decode_scale(open_image(data), crops=True) > 1
+    estimate = decode_bytes(open_image(data))
+    assert measured_peak(data, "views", tmp_path) <= estimate * ESTIMATE_SLACK + ESTIMATE_SLACK_BYTES
 
 
 def test_every_path_decodes_to_rgb():

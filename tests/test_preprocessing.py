@@ -1,12 +1,16 @@
 """The model's views of an image: the whole view at its aspect ratio, and native crops on the JPEG grid where the
 photo has most detail."""
 
+import io
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from bench.inputs import encode, good_images
+from detector import preprocessing
+from detector.decoding import BadImageError, decode_image, open_image
 from detector.preprocessing import (
     CANDIDATES,
     CROP_GRID,
@@ -18,12 +22,21 @@ from detector.preprocessing import (
     MEAN,
     MIN_SIDE,
     STD,
+    cheap_decode_scale,
     crop_boxes,
     detail_boxes,
     image_bytes_to_views,
     image_to_views,
     normalise,
+    opened_to_views,
 )
+from training.corpus import installed_photo
+
+
+def exif_rotated() -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return exif
 
 
 def gradient(width: int, height: int) -> Image.Image:
@@ -155,3 +168,53 @@ def test_a_crop_count_without_a_square_grid_is_refused(crops):
 def test_normalise_uses_training_statistics():
     white = normalise(torch.full((3, 4, 4), 255, dtype=torch.uint8))
     assert torch.allclose(white[:, 0, 0], torch.tensor([(1 - m) / s for m, s in zip(MEAN, STD, strict=True)]))
+
+
+def photo_jpeg(size: tuple[int, int], **options) -> bytes:
+    """A real photograph resized to `size`, as a JPEG (4:2:0 at quality 90 unless told)."""
+    photo = Image.open(io.BytesIO(installed_photo("scikit-image--astronaut"))).convert("RGB")
+    return encode(photo.resize(size, Image.Resampling.BICUBIC), "JPEG", **{"quality": 90, **options})
+
+
+def test_a_large_jpeg_is_decoded_reduced_and_its_crops_cut_from_the_compressed_data():
+    data = photo_jpeg((4000, 3000))
+    assert cheap_decode_scale(open_image(data), crops=True) == 4
+    cheap, full = opened_to_views(open_image(data), data), image_to_views(decode_image(data))
+    assert cheap.whole.shape == full.whole.shape and cheap.boxes == full.boxes
+    assert float((cheap.whole.float() - full.whole.float()).abs().mean()) < 0.5, "about 0.2/255 on average"
+    assert float((cheap.crops.float() - full.crops.float()).abs().mean()) < 0.1, "native pixels, all but identical"
+
+
+@pytest.mark.parametrize(
+    ("size", "options", "why"),
+    [
+        ((1024, 768), {}, "too small for a reduced decode to pay"),
+        ((4000, 3000), {"subsampling": 0}, "4:4:4: its coefficients take more memory than the full decode"),
+        ((4000, 3000), {"exif": exif_rotated()}, "rotated by EXIF"),
+    ],
+)
+def test_other_images_are_decoded_whole(size, options, why):
+    data = photo_jpeg(size, **options)
+    assert cheap_decode_scale(open_image(data), crops=True) == 1, why
+    views = opened_to_views(open_image(data), data)
+    upright = decode_image(data)
+    assert views.size == upright.size and torch.equal(views.whole, image_to_views(upright).whole), why
+
+
+def test_without_turbojpeg_large_jpegs_decode_whole_and_whole_views_stay_cheap(monkeypatch):
+    """The shared library missing (a machine without libturbojpeg0): crops come from a full decode, and a whole
+    view alone (crops off) still decodes reduced, as Pillow can do that alone."""
+    monkeypatch.setattr(preprocessing, "turbojpeg", lambda: None)
+    data = photo_jpeg((4000, 3000))
+    assert cheap_decode_scale(open_image(data), crops=True) == 1
+    assert cheap_decode_scale(open_image(data), crops=False) == 4
+    assert opened_to_views(open_image(data), data).boxes == image_to_views(decode_image(data)).boxes
+    assert len(opened_to_views(open_image(data), data, crops=False).crops) == 0
+
+
+def test_a_truncated_large_jpeg_is_still_refused():
+    data = photo_jpeg((4000, 3000))
+    cut = data[: len(data) * 2 // 3]
+    with pytest.raises(BadImageError) as refused:
+        opened_to_views(open_image(cut), cut)
+    assert refused.value.reason == "truncated_image"
