@@ -389,10 +389,16 @@ def model_photos(checkpoint: Path, corpus: Sequence[BuiltPhoto]) -> ModelPhotos:
     SHIPPED_MODEL_PHOTOS, matched by the file's sha256; for any other checkpoint, the corpus's own train and
     val splits are assumed (and the report says so)."""
     metadata = read_checkpoint(checkpoint)["metadata"]
+    shipped = json.loads(SHIPPED_MODEL_PHOTOS.read_text())
     if "training_photos" in metadata:
         calibrated = metadata.get("calibration", {}).get("validation_photos", {})
+        if metadata.get("init_sha256") == shipped["sha256"]:  # fine-tuned from weights that predate the record
+            earlier = {**shipped["train"], **shipped["val"]}
+            record = (
+                f"the checkpoint's own record and, for the weights it was fine-tuned from, {SHIPPED_MODEL_PHOTOS.name}"
+            )
+            return ModelPhotos({**earlier, **metadata["training_photos"]}, calibrated, record)
         return ModelPhotos(metadata["training_photos"], calibrated, "the checkpoint's own record")
-    shipped = json.loads(SHIPPED_MODEL_PHOTOS.read_text())
     if hashlib.sha256(checkpoint.read_bytes()).hexdigest() == shipped["sha256"]:
         return ModelPhotos(shipped["train"], shipped["val"], f"{SHIPPED_MODEL_PHOTOS.name} ({shipped['split']})")
     split = {name: {p.id: photo_group(p) for p in corpus if p.split == name} for name in ("train", "val")}

