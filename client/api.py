@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import requests
 from PIL import Image
 
+from client.sources import read_bytes
 from detector.paths import SHIPPED_WEIGHTS
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -111,7 +112,8 @@ def source_of(image: ImageInput, index: int | None = None) -> str | None:
 
 
 def image_bytes(image: ImageInput) -> bytes:
-    """The encoded bytes to send: a file's bytes as they are, bytes as given, a PIL image as lossless PNG."""
+    """The encoded bytes to send: a file's bytes as they are (a path, or an fsspec URL), bytes as given, a PIL image
+    as lossless PNG."""
     if isinstance(image, (bytes, bytearray)):
         return bytes(image)
     if isinstance(image, Image.Image):
@@ -119,7 +121,7 @@ def image_bytes(image: ImageInput) -> bytes:
         image.save(buffer, format="PNG")
         return buffer.getvalue()
     try:
-        return Path(image).read_bytes()
+        return read_bytes(os.fspath(image))
     except OSError as error:
         raise ClientError("unreadable_file", f"cannot read {image}: {error.strerror or error}") from error
 
@@ -180,6 +182,7 @@ class Client:
     ) -> None:
         self.url = server_url(url)
         self.endpoint = f"{self.url}/predictions/{model}" + (f"/{version}" if version else "")
+        self.explanations = f"{self.url}/explanations/{model}" + (f"/{version}" if version else "")
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -212,17 +215,23 @@ class Client:
         """
         return _Ordered.run(self._predict, images, concurrency, return_errors)
 
-    def _predict(self, image: ImageInput, source: str | None) -> Prediction:
+    def explain(self, image: ImageInput) -> Prediction:
+        """The prediction for one image with where the model sees corruption: body["explanation"] holds the heat
+        map and an overlay PNG (base64), as /explanations answers."""
+        return self._predict(image, source_of(image), self.explanations)
+
+    def _predict(self, image: ImageInput, source: str | None, endpoint: str | None = None) -> Prediction:
         try:
-            return Prediction.from_body(self.post(image_bytes(image)), source)
+            return Prediction.from_body(self.post(image_bytes(image), endpoint), source)
         except ClientError as error:
             error.source = source
             raise
 
-    def post(self, data: bytes) -> dict:
-        """POST one image's bytes; retry 503 with exponential backoff (or the server's Retry-After)."""
+    def post(self, data: bytes, endpoint: str | None = None) -> dict:
+        """POST one image's bytes (to the predictions endpoint unless told another); retry 503 with exponential
+        backoff (or the server's Retry-After)."""
         for attempt in range(self.retries + 1):
-            response = self._send(data)
+            response = self._send(data, endpoint or self.endpoint)
             if response.status_code == 200:
                 return self._body(response)
             error = error_from_response(response)
@@ -231,10 +240,10 @@ class Client:
             time.sleep(self._delay(response, attempt))
         raise AssertionError("unreachable")
 
-    def _send(self, data: bytes) -> requests.Response:
+    def _send(self, data: bytes, endpoint: str) -> requests.Response:
         try:
             headers = {"Content-Type": "application/octet-stream"}
-            return self.session.post(self.endpoint, data=data, headers=headers, timeout=self.timeout)
+            return self.session.post(endpoint, data=data, headers=headers, timeout=self.timeout)
         except requests.Timeout as error:
             raise RequestTimeout("timeout", f"no answer from {self.url} within {self.timeout:g} s") from error
         except requests.ConnectionError as error:
@@ -256,18 +265,35 @@ class Client:
 
 
 class LocalClient:
-    """The same interface without a server: the handler's inference core (CorruptionDetector) in this process."""
+    """The same interface without a server: the handler's inference core (CorruptionDetector) in this process.
 
-    def __init__(self, weights: str | os.PathLike = SHIPPED_WEIGHTS, batch_size: int = 8) -> None:
+    With `corruption_type`, answers also carry the type probabilities (body["corruption_type"]), as a server
+    configured with corruption_type: true; `device` is torch's ("cuda" for a GPU).
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike = SHIPPED_WEIGHTS,
+        batch_size: int = 8,
+        corruption_type: bool = False,
+        device: str = "cpu",
+    ) -> None:
         from detector.inference import CorruptionDetector  # torch loads only when scoring locally
 
         if not Path(weights).is_file():
             raise FileNotFoundError(f"no weights at {weights}: pass the path of a checkpoint (weights/model.pt)")
-        self.detector = CorruptionDetector(Path(weights))
+        self.detector = CorruptionDetector(Path(weights), device=device, corruption_type=corruption_type)
         self.batch_size = batch_size
 
     def predict(self, image: ImageInput) -> Prediction:
-        result = self._score([image], [source_of(image)])[0]
+        return self._one(image, explain=False)
+
+    def explain(self, image: ImageInput) -> Prediction:
+        """As Client.explain, in this process."""
+        return self._one(image, explain=True)
+
+    def _one(self, image: ImageInput, explain: bool) -> Prediction:
+        result = self._score([image], [source_of(image)], explain=explain)[0]
         if isinstance(result, ClientError):
             raise result
         return result
@@ -293,8 +319,11 @@ class LocalClient:
                 raise result
             yield result
 
-    def _score(self, images: list[ImageInput], sources: list | None = None, start: int = 0) -> list:
-        """Predictions or errors for a batch; `sources` name its images (default: as the `start`-th of many on)."""
+    def _score(
+        self, images: list[ImageInput], sources: list | None = None, start: int = 0, explain: bool = False
+    ) -> list:
+        """Predictions (explained with `explain`) or errors for a batch; `sources` name its images (default: as the
+        `start`-th of many on)."""
         sources = sources or [source_of(image, start + offset) for offset, image in enumerate(images)]
         payloads: list = []
         for image, source in zip(images, sources, strict=True):
@@ -304,7 +333,7 @@ class LocalClient:
                 error.source = source
                 payloads.append(error)
         readable = [index for index, payload in enumerate(payloads) if isinstance(payload, bytes)]
-        records = self.detector.run([payloads[index] for index in readable])
+        records = self.detector.run([payloads[index] for index in readable], [explain] * len(readable))
         for index, record in zip(readable, records, strict=True):
             payloads[index] = (
                 Prediction.from_body(record.body, sources[index])

@@ -143,4 +143,4 @@ def test_csv_columns_are_documented():
     """The README documents these columns; a rename must update it."""
     header = io.StringIO()
     csv.writer(header).writerow(COLUMNS)
-    assert header.getvalue().strip() == "file,label,confidence,p_clean,p_corrupted,error"
+    assert header.getvalue().strip() == "file,label,confidence,p_clean,p_corrupted,corruption_type,error"
