@@ -62,7 +62,7 @@ OUT ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-install: $(INSTALLED)  ## create .venv with every pinned dependency: serving, training, evaluation, tests (idempotent)
+install: $(INSTALLED)  ## create .venv with every pinned dependency: serving, training, evaluation, Ray, tests (idempotent)
 
 $(SERVING): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,8 +72,8 @@ $(SERVING): requirements.txt pyproject.toml
 	$(PIP) --no-deps --no-build-isolation -e .
 	touch $@
 
-$(INSTALLED): $(SERVING) requirements-train.txt requirements-eval.txt requirements-dev.txt
-	$(PIP) -r requirements.txt -r requirements-eval.txt -r requirements-dev.txt
+$(INSTALLED): $(SERVING) requirements-train.txt requirements-eval.txt requirements-dev.txt requirements-ray.txt
+	$(PIP) -r requirements.txt -r requirements-eval.txt -r requirements-dev.txt -r requirements-ray.txt
 	$(PIP) --no-deps --require-hashes -r requirements-train.txt
 	touch $@
 

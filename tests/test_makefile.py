@@ -30,7 +30,13 @@ NOT_COPIED = (".git", ".venv", ".torchserve", "test-artifacts", "data", "checkpo
 # The virtual environment counts as installed at every level (`-o`): a copy shares this one's, and reinstalling
 # from a copy would point the editable install at it.
 INSTALLED = ("-o", ".venv/.serving", "-o", ".venv/.installed")
-REQUIREMENTS = ("requirements.txt", "requirements-train.txt", "requirements-eval.txt", "requirements-dev.txt")
+REQUIREMENTS = (
+    "requirements.txt",
+    "requirements-train.txt",
+    "requirements-eval.txt",
+    "requirements-dev.txt",
+    "requirements-ray.txt",
+)
 
 
 def make(checkout: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
