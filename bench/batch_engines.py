@@ -63,7 +63,8 @@ def timed(arguments: list[str], files: list[str], env: dict[str, str]) -> float:
 def measure(name: str, arguments: list[str], files: list[str], env: dict[str, str]) -> dict:
     start_up = timed(arguments, files[:SMALL], env)
     whole = timed(arguments, files, env)
-    rate = (len(files) - SMALL) / max(whole - start_up, 1e-9)
+    # None when the start-up's own noise exceeds the time the rest of the files took: no rate to state.
+    rate = (len(files) - SMALL) / (whole - start_up) if whole > start_up else None
     row = {"engine": name, "files": len(files), "wall_s": whole, "overall": len(files) / whole,
            "start_up_s": start_up, "running": rate}  # fmt: skip
     print(f"  {name}: {whole:.1f} s for {len(files)}, {start_up:.1f} s for {SMALL}", file=sys.stderr, flush=True)
@@ -104,8 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| engine | wall s, {len(files)} files | files/s overall | start-up s ({SMALL} files) | files/s running |")
     print("|---|---:|---:|---:|---:|")
     for row in rows:
+        running = "-" if row["running"] is None else f"{row['running']:.1f}"
         print(f"| {row['engine']} | {row['wall_s']:.1f} | {row['overall']:.1f} | {row['start_up_s']:.1f} | "
-              f"{row['running']:.1f} |")  # fmt: skip
+              f"{running} |")  # fmt: skip
 
 
 if __name__ == "__main__":
