@@ -42,6 +42,7 @@ from evaluation.photo_eval import (
     CaseSet,
     Scorer,
     evaluate_photos,
+    laplacian_peer,
     model_photos,
     model_scores,
     peers,
@@ -132,7 +133,9 @@ def evaluate_photo_corpus(detector: CorruptionDetector, args: argparse.Namespace
     if args.save_scores:
         args.save_scores.write_text(json.dumps(model.score))
     scorers = extra_scorers(args.extra_scores)
-    if not args.no_peers:
+    if args.laplacian_only:
+        scorers = [laplacian_peer(cases), *scorers]
+    elif not args.no_peers:
         val.build([p for p in corpus if p.split == "val"], args.photos, severities=(), buckets=args.buckets)
         train = [p for p in corpus if p.split == "train"]
         scorers = [*peers(cases, train, val, args.photos), *scorers]
@@ -160,7 +163,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--groups", nargs="+", default=None, help="evaluate the photos of these source groups only")
     parser.add_argument("--list-groups", action="store_true", help="print the corpus's source groups and stop")
     parser.add_argument("--buckets", nargs="+", default=list(BUCKETS), choices=BUCKETS, help="photo size buckets")
-    parser.add_argument("--no-peers", action="store_true", help="score photos with the detector only")
+    peers_wanted = parser.add_mutually_exclusive_group()
+    peers_wanted.add_argument("--no-peers", action="store_true", help="score photos with the detector only")
+    peers_wanted.add_argument(
+        "--laplacian-only", action="store_true", help="of the peers, only the Laplacian rule (BRISQUE takes 2.5 s/img)"
+    )
     parser.add_argument("--severities", type=int, nargs="*", default=list(SEVERITIES), help="none: clean photos only")
     parser.add_argument("--extra-scores", nargs="*", default=[], help="NAME=FILE.json of P(corrupted) per case id")
     parser.add_argument("--save-scores", type=Path, default=None, help="write the detector's scores (--extra-scores)")

@@ -277,12 +277,22 @@ def fit_baseline(photos: Sequence[BuiltPhoto], folder: Path) -> HeuristicBaselin
     return HeuristicBaseline().fit_features(np.stack(features), np.array(labels))
 
 
+def laplacian_rule(variances: dict[str, float]) -> Scorer:
+    """The copied rule as a scorer: corrupted when the variance of the Laplacian is under LAPLACIAN_THRESHOLD."""
+    return Scorer("laplacian var < 100", {k: -v for k, v in variances.items()}, lambda s: -s < LAPLACIAN_THRESHOLD)
+
+
+def laplacian_peer(cases: CaseSet) -> Scorer:
+    """The Laplacian rule alone (milliseconds an image, where BRISQUE takes seconds): the blur and motion peer."""
+    return laplacian_rule(
+        {case.id: laplacian_variance(cases.read(case)) for case in tqdm(cases.cases(), desc="laplacian", unit="img")}
+    )
+
+
 def peers(cases: CaseSet, train_photos: Sequence[BuiltPhoto], val_cases: CaseSet | None, folder: Path) -> list[Scorer]:
     """The three peers as scorers: the Laplacian rule, BRISQUE (thresholded on validation photos), the baseline."""
     scores = peer_scores(cases)
-    laplacian = Scorer(
-        "laplacian var < 100", {k: -v for k, v in scores["laplacian"].items()}, lambda s: -s < LAPLACIAN_THRESHOLD
-    )
+    laplacian = laplacian_rule(scores["laplacian"])
     baseline = fit_baseline(train_photos, folder)
     ids = list(scores["baseline_features"])
     probabilities = baseline.classifier.predict_proba(np.array([scores["baseline_features"][i] for i in ids]))[:, 1]

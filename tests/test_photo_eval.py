@@ -29,6 +29,7 @@ from evaluation.photo_eval import (
     by_group,
     by_tag,
     false_alarms,
+    laplacian_peer,
     laplacian_variance,
     model_photos,
     photo_cases,
@@ -109,6 +110,16 @@ def test_the_laplacian_rule_is_the_one_users_copy(photo):
     assert laplacian_variance(data) == cv2.Laplacian(grey, cv2.CV_64F).var()
     blurred = encode_jpeg(image.filter(ImageFilter.GaussianBlur(4)), 92)
     assert laplacian_variance(blurred) < laplacian_variance(data)
+
+
+def test_the_laplacian_peer_alone_scores_every_case_and_blur_higher(tmp_path, mini_corpus):
+    """`--laplacian-only`: the blur peer without BRISQUE's seconds per image; higher scores mean more corrupted."""
+    cases = CaseSet(tmp_path)
+    cases.build(load_built(mini_corpus, "test")[:1], mini_corpus, severities=(3,))
+    scorer = laplacian_peer(cases)
+    assert set(scorer.score) == {case.id for case in cases.cases()}
+    clean = max(scorer.score[case.id] for case in cases.cases() if case.label == 0)
+    assert all(scorer.score[case.id] > clean for case in cases.cases() if case.family == "blur")
 
 
 def test_brisque_runs_offline_and_scores_damage_worse(photo):
