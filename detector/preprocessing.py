@@ -15,8 +15,11 @@ A photo's damage lives at two scales, so the model sees every image twice over:
   parts are soft". Only images whose shorter side exceeds GLOBAL_SIDE * CROPS_FROM_DOWNSCALE get crops:
   below that the whole view is close to native.
 
-Panoramas beyond MAX_ASPECT are seen through their central MAX_ASPECT:1 part. This module is packed
-into the model archive, so the server runs the very code the model was trained with.
+Panoramas beyond MAX_ASPECT are seen through their central MAX_ASPECT:1 part. Serving makes the views by the
+cheapest decode that gives them (`opened_to_views`): a large JPEG's whole view from a decode reduced in libjpeg's
+DCT, its crops cut from the compressed data; training makes them from decoded images (`image_to_views`), and the
+two agree to about 0.2/255 (tests/test_preprocessing.py). This module is packed into the model archive, so the
+server runs the very code the model was trained with.
 """
 
 import math
