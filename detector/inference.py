@@ -17,6 +17,15 @@ from PIL import Image
 from detector.budget import over_budget
 from detector.corruptions import TYPES
 from detector.decoding import BadImageError, open_image
+from detector.device_path import (
+    CUDA_PRECISION,
+    DECODE_CHUNK_PIXELS,
+    autocast,
+    chunk_views,
+    pixel_chunks,
+    takes_device_path,
+    to_device,
+)
 from detector.explain import GradCamExplainer, explanation_body
 from detector.model import LABELS, is_corrupted, load_model
 from detector.preprocessing import Views, opened_to_views
@@ -61,13 +70,31 @@ class CorruptionDetector:
 
     With `corruption_type`, answers also carry the type probabilities of the view that decided; without
     `crops`, large images are judged on their whole view only (cheaper, blind to fine noise and blocks).
+    `pipeline` "device" makes the views of JPEGs on the model's device, decoded in batches of at most
+    `chunk_pixels` (detector.device_path), and runs the model in channels_last; "cpu" makes every view on the CPU,
+    one image at a time; "auto" is "device" on CUDA. `precision` (a device_path.PRECISIONS name) is what the model
+    runs at; "auto" is device_path.CUDA_PRECISION on CUDA, fp32 elsewhere.
     """
 
     def __init__(
-        self, weights: Path, device: torch.device | str = "cpu", corruption_type: bool = False, crops: bool = True
+        self,
+        weights: Path,
+        device: torch.device | str = "cpu",
+        corruption_type: bool = False,
+        crops: bool = True,
+        pipeline: str = "auto",
+        precision: str = "auto",
+        chunk_pixels: int = DECODE_CHUNK_PIXELS,
     ) -> None:
         self.device = torch.device(device)
         self.model = load_model(weights, self.device)
+        cuda = self.device.type == "cuda"
+        self.pipeline = ("device" if cuda else "cpu") if pipeline == "auto" else pipeline
+        self.precision = (CUDA_PRECISION if cuda else "fp32") if precision == "auto" else precision
+        self.chunk_pixels = chunk_pixels
+        autocast(self.device, self.precision)  # refuses an unknown precision now, not at the first request
+        if self.pipeline == "device":
+            self.model.to(memory_format=torch.channels_last)
         self.explainer = GradCamExplainer(self.model, self.device)
         self.corruption_type = corruption_type
         self.crops = crops
@@ -91,11 +118,15 @@ class CorruptionDetector:
         opened = [self._open(payload) for payload in payloads]
         sizes = [None if isinstance(image, BadImageError) else image.size for image, _ in opened]
         refusals = over_budget(sizes, explain, requests)
-        prepared = []
-        for index, request in enumerate(requests):
-            image, seconds = opened[index]
-            opened[index] = None  # an opened image keeps its decoded pixels: one image's at a time, never the batch's
-            prepared.append(self._views(image, seconds, refusals.get(request), payloads[index]))
+        if self.pipeline == "device":
+            prepared = self._device_views(opened, [refusals.get(request) for request in requests], payloads)
+        else:
+            prepared = []
+            for index, request in enumerate(requests):
+                image, seconds = opened[index]
+                # an opened image keeps its decoded pixels: one image's at a time, never the batch's
+                opened[index] = None
+                prepared.append(self._views(image, seconds, refusals.get(request), payloads[index]))
         good = [index for index, (views, _) in enumerate(prepared) if isinstance(views, Views)]
         bodies = dict(zip(good, self.answer([prepared[i][0] for i in good], [explain[i] for i in good]), strict=True))
         return [
@@ -126,7 +157,7 @@ class CorruptionDetector:
         the view that decided for each image whose request asked for one."""
         if not views:
             return []
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.precision):
             outputs = self.model.score_views(views)
         bodies = [
             prediction_body(probabilities, types if self.corruption_type else None)
@@ -136,7 +167,7 @@ class CorruptionDetector:
             if wanted:
                 method, heatmap = self.explainer.explain(views[index], bool(outputs.decided_by_crops[index]))
                 layer = self.explainer.layer if method == "grad-cam" else "crop_head"
-                bodies[index] = explanation_body(bodies[index], views[index].whole, heatmap, method, layer)
+                bodies[index] = explanation_body(bodies[index], views[index].whole.cpu(), heatmap, method, layer)
         return bodies
 
     def prepare(self, payload: bytes | BadImageError) -> tuple[Views | BadImageError, float | None]:
@@ -172,3 +203,42 @@ class CorruptionDetector:
         except BadImageError as error:
             views = error
         return views, (seconds or 0.0) + time.perf_counter() - start
+
+    def _device_views(
+        self,
+        opened: list[tuple[Image.Image | BadImageError, float | None]],
+        refusals: Sequence[BadImageError | None],
+        payloads: Sequence[bytes | BadImageError],
+    ) -> list[tuple[Views | BadImageError, float | None]]:
+        """`_views` of every payload, all on the model's device: the JPEGs the device takes decoded there together,
+        at most `chunk_pixels` at a time (each image is charged an equal share of its chunk's time); the rest, and
+        a JPEG the device fails to decode, on the CPU path one at a time, as `run` makes them."""
+        prepared: list = [None] * len(payloads)
+        batch = []
+        for index, ((image, seconds), refused) in enumerate(zip(opened, refusals, strict=True)):
+            if refused is None and isinstance(image, Image.Image) and takes_device_path(image, payloads[index]):
+                batch.append(index)
+            else:
+                prepared[index] = self._views_to_device(*self._views(image, seconds, refused, payloads[index]))
+                opened[index] = None
+        for chunk in pixel_chunks(
+            [opened[index][0].width * opened[index][0].height for index in batch], self.chunk_pixels
+        ):
+            indices = [batch[position] for position in chunk]
+            start = time.perf_counter()
+            made = chunk_views([payloads[index] for index in indices], self.device, self.crops)
+            share = (time.perf_counter() - start) / len(indices)
+            for index, views in zip(indices, made, strict=True):
+                image, seconds = opened[index]
+                opened[index] = None
+                prepared[index] = (
+                    (views, (seconds or 0.0) + share)
+                    if views is not None
+                    else self._views_to_device(*self._views(image, seconds, None, payloads[index]))
+                )
+        return prepared
+
+    def _views_to_device(
+        self, views: Views | BadImageError, seconds: float | None
+    ) -> tuple[Views | BadImageError, float | None]:
+        return (to_device(views, self.device) if isinstance(views, Views) else views), seconds
