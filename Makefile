@@ -57,7 +57,7 @@ REPORTS ?= test-artifacts/reports
 FILES ?= $(FILE)
 OUT ?=
 
-.PHONY: help install train evaluate archive serve start stop web predict test lint bench bench-large soak
+.PHONY: help install train evaluate archive serve start stop web predict test lint bench bench-large bench-gpu soak
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -142,6 +142,9 @@ bench: install  ## print the serving benchmark table (in-process limit, TorchSer
 
 bench-large: install  ## print the cost of large images (tiles) per image and per megapixel
 	$(BIN)/python -m bench.large_images
+
+bench-gpu: install  ## on a CUDA machine: the device path's images/s beside nvJPEG alone, per precision
+	$(BIN)/python -m bench.gpu
 
 soak: install  ## sustained mixed good/bad load on a real TorchServe: zero 5xx, bounded worker memory
 	$(BIN)/python -m bench.soak
