@@ -43,7 +43,6 @@ from itertools import combinations
 from pathlib import Path
 from typing import Protocol
 
-import imagehash
 import numpy as np
 from PIL import Image
 
@@ -483,6 +482,8 @@ class BuiltPhoto:
 def measure(photo: PhotoSource, stored: bytes, file: str, version: str) -> BuiltPhoto:
     """Check a stored photo against its pin (native size) and measure its quality and perceptual hash. `version`
     is the package version it was taken from (its pin's, or the one served in its place)."""
+    import imagehash  # building the corpus only: training imports this module where imagehash is missing (a device)
+
     with Image.open(io.BytesIO(stored)) as image:
         size = image.size
         phash = str(imagehash.phash(image.convert("RGB")))
@@ -506,6 +507,8 @@ def measure(photo: PhotoSource, stored: bytes, file: str, version: str) -> Built
 
 def check_near_duplicates(photos: list[BuiltPhoto]) -> None:
     """Refuse two photos that are the same picture (a wallpaper at two sizes, a copy in another package)."""
+    import imagehash  # as in measure
+
     pairs = [
         (a.id, b.id)
         for a, b in combinations(photos, 2)
