@@ -1,7 +1,7 @@
 """A training bundle for a lent accelerator: the corpus shrunk to fit the device's working tree, and its command.
 
 python -m training.bundle --photos data/photos --cifar ../shared/data/cifar10-subset/train \
-    --extra-cifar data/cifar10-jpeg-q75/train --out device-bundle --minutes 10
+    --extra-cifar data/cifar10-jpeg-q75/train --out checkpoints/device-bundle --minutes 10
 
 Only the checkout travels to a lent device (64 MiB, git-ignored folders named in `carry`), and ../shared and
 data/ do not. The bundle (git-ignored: put it under checkpoints/ or data/, or name a folder .gitignore covers)
