@@ -105,6 +105,8 @@ class CorruptionHandler:
             device,
             corruption_type=bool(settings.get("corruption_type", False)),
             crops=bool(settings.get("crops", True)),
+            pipeline=str(settings.get("pipeline", "auto")),
+            precision=str(settings.get("precision", "auto")),
         )
 
     def handle(self, data: list[dict], context) -> list[dict]:

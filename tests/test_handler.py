@@ -79,6 +79,12 @@ def test_crops_setting_reaches_the_detector(handler, tmp_path):
     assert not start_handler(tmp_path, crops=False).detector.crops
 
 
+def test_pipeline_and_precision_settings_reach_the_detector(handler, tmp_path):
+    assert (handler.detector.pipeline, handler.detector.precision) == ("cpu", "fp32"), "auto on a CPU worker"
+    forced = start_handler(tmp_path, pipeline="device", precision="bf16").detector
+    assert (forced.pipeline, forced.precision) == ("device", "bf16")
+
+
 def test_request_bytes_reads_every_transport(subset):
     data = good_images(subset)["png"]
     encoded = base64.b64encode(data).decode()
