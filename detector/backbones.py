@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 # name: (width multiplier, depth multiplier)
 LITE_CONFIGS = {"efficientnet-lite0": (1.0, 1.0), "efficientnet-lite1": (1.0, 1.1), "efficientnet-lite2": (1.1, 1.2)}
@@ -107,6 +108,14 @@ class EfficientNetLite(nn.Module):
         # Grad-CAM reads the last stride-16 block: 10x13 cells for a 160x213 view, fine enough to point.
         self.cam_layer = f"_blocks.{max(i for i, spec in enumerate(specs) if spec[1] == round_filters(112, width))}"
 
+    def batch_norm_pairs(self) -> list[tuple[nn.Module, str, str]]:
+        """(owner, convolution, its batch norm) for every convolution followed by a batch norm."""
+        pairs = [(self, "_conv_stem", "_bn0"), (self, "_conv_head", "_bn1")]
+        for block in self._blocks:
+            pairs += [(block, "_expand_conv", "_bn0")] if block.expand else []
+            pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+        return pairs
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
@@ -130,11 +139,34 @@ class SmallInputResNet18(nn.Module):
         self.num_features = 512
         self.cam_layer = "trunk.layer3"
 
+    def batch_norm_pairs(self) -> list[tuple[nn.Module, str, str]]:
+        """(owner, convolution, its batch norm) for every convolution followed by a batch norm."""
+        pairs: list[tuple[nn.Module, str, str]] = [(self.trunk, "conv1", "bn1")]
+        for layer in (self.trunk.layer1, self.trunk.layer2, self.trunk.layer3, self.trunk.layer4):
+            for block in layer:
+                pairs += [(block, "conv1", "bn1"), (block, "conv2", "bn2")]
+                pairs += [(block.downsample, "0", "1")] if block.downsample is not None else []
+        return pairs
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)
 
 
 BACKBONES = ("resnet18", *LITE_CONFIGS)
+
+
+def fold_batch_norms(trunk: nn.Module) -> None:
+    """Fold each batch norm of an eval-mode backbone into the convolution before it (the norm becomes an identity).
+
+    For inference only: a frozen batch norm is an affine map per channel, so the folded convolution computes the same
+    (to fp32 rounding, about 1e-6 of the features) in one pass instead of two; it made the forward pass about a fifth
+    cheaper on one CPU thread (bench.large_images). Training keeps the norms: their statistics still learn.
+    """
+    if trunk.training:
+        raise ValueError("batch norms fold only in eval mode")
+    for owner, conv, norm in trunk.batch_norm_pairs():
+        setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, norm)))
+        setattr(owner, norm, nn.Identity())
 
 
 def build_backbone(name: str) -> nn.Module:

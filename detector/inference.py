@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from detector.backbones import fold_batch_norms
 from detector.budget import over_budget
 from detector.corruptions import TYPES
 from detector.decoding import BadImageError, open_image
@@ -71,9 +72,10 @@ class CorruptionDetector:
     With `corruption_type`, answers also carry the type probabilities of the view that decided; without
     `crops`, large images are judged on their whole view only (cheaper, blind to fine noise and blocks).
     `pipeline` "device" makes the views of JPEGs on the model's device, decoded in batches of at most
-    `chunk_pixels` (detector.device_path), and runs the model in channels_last; "cpu" makes every view on the CPU,
-    one image at a time; "auto" is "device" on CUDA. `precision` (a device_path.PRECISIONS name) is what the model
-    runs at; "auto" is device_path.CUDA_PRECISION on CUDA, fp32 elsewhere.
+    `chunk_pixels` (detector.device_path); "cpu" makes every view on the CPU, one image at a time; "auto" is
+    "device" on CUDA. Either way the model runs with its batch norms folded into its convolutions, in channels_last
+    (together 30% cheaper on one CPU thread, bench.large_images). `precision` (a device_path.PRECISIONS name) is what
+    the model runs at; "auto" is device_path.CUDA_PRECISION on CUDA, fp32 elsewhere.
     """
 
     def __init__(
@@ -93,8 +95,8 @@ class CorruptionDetector:
         self.precision = (CUDA_PRECISION if cuda else "fp32") if precision == "auto" else precision
         self.chunk_pixels = chunk_pixels
         autocast(self.device, self.precision)  # refuses an unknown precision now, not at the first request
-        if self.pipeline == "device":
-            self.model.to(memory_format=torch.channels_last)
+        fold_batch_norms(self.model.trunk)
+        self.model.to(memory_format=torch.channels_last)
         self.explainer = GradCamExplainer(self.model, self.device)
         self.corruption_type = corruption_type
         self.crops = crops

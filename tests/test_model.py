@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from detector.backbones import BACKBONES, build_backbone
+from detector.backbones import BACKBONES, build_backbone, fold_batch_norms
 from detector.corruptions import TYPES
 from detector.model import (
     CALIBRATION_BUFFERS,
     CROP_TYPES,
+    PASS_PIXELS,
     Calibration,
     CheckpointMismatchError,
     build_model,
@@ -16,6 +17,7 @@ from detector.model import (
     is_corrupted,
     load_model,
     read_checkpoint,
+    same_size_batches,
     save_checkpoint,
 )
 from detector.paths import SHIPPED_WEIGHTS
@@ -44,6 +46,47 @@ def test_every_backbone_pools_any_input_size(name):
         for shape in ((32, 32), (160, 213), (64, 64)):
             assert backbone(torch.zeros(2, 3, *shape)).shape == (2, backbone.num_features)
     assert backbone.get_submodule(backbone.cam_layer) is not None
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_folding_batch_norms_keeps_what_every_backbone_computes(name):
+    torch.manual_seed(0)
+    backbone = build_backbone(name)
+    for norm in (module for module in backbone.modules() if isinstance(module, torch.nn.BatchNorm2d)):
+        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)
+        norm.weight.data.uniform_(0.5, 1.5), norm.bias.data.uniform_(-0.5, 0.5)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norms(backbone)
+    images = torch.randn(2, 3, 96, 128)
+    with torch.inference_mode():
+        expected = backbone.eval()(images)
+        fold_batch_norms(backbone)
+        folded = backbone(images)
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in backbone.modules())
+    assert torch.allclose(folded, expected, rtol=1e-4, atol=1e-4)
+    assert backbone.get_submodule(backbone.cam_layer) is not None
+
+
+def test_views_scored_several_a_pass_answer_as_one_at_a_time(monkeypatch):
+    model = load_model(SHIPPED_WEIGHTS)
+    views = [image_to_views(gradient(*size)) for size in ((1024, 768), (32, 32), (1024, 768), (800, 600), (32, 32))]
+    views[2] = image_to_views(gradient(1024, 768).rotate(180))
+    with torch.inference_mode():
+        together = model.score_views(views)
+        monkeypatch.setitem(PASS_PIXELS, "cpu", 1)
+        alone = model.score_views(views)
+    assert torch.allclose(together.probabilities, alone.probabilities, atol=1e-5)
+    assert torch.allclose(together.types, alone.types, atol=1e-5)
+    assert torch.equal(together.decided_by_crops, alone.decided_by_crops)
+
+
+def test_same_size_batches_cover_every_image_once_within_the_pixel_bound():
+    views = [image_to_views(gradient(*size)) for size in ((1024, 768), (32, 32)) * 5]
+    batches = list(same_size_batches(views, 3 * 160 * 213))
+    assert sorted(index for batch in batches for index in batch) == list(range(10))
+    assert [batch for batch in batches if len(views[batch[0]].crops)] == [[0, 2, 4], [6, 8]]
+    assert [batch for batch in batches if not len(views[batch[0]].crops)] == [[1, 3, 5, 7, 9]]
+    assert list(same_size_batches(views[:1], 1)) == [[0]]
 
 
 def test_both_heads_answer_for_their_views(model):
