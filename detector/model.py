@@ -43,8 +43,9 @@ DROPOUT = 0.2
 # Pixels per forward pass of the trunk, by device: views go through it several at a time (whole views of one size,
 # a camera's photos share one; crops), at most this many pixels a pass, so a call's activations stay bounded
 # whatever it holds. On a CPU, passes of about 4 whole views or 32 crops keep the activations in cache: the model's
-# share of a batch of eight 1024x768 photos, one thread, best of 40 interleaved, cost 20.4 ms a photo at 140,000
-# pixels a pass, 22.5 at 70,000, 26.4 at 35,000 (one view), 24.7 at 600,000 and 40.8 at one view or crop a pass.
+# share of a batch of eight distinct 1024x768 photos, one thread, with detector.allocator's settings, cost 19.7 ms a
+# photo at 140,000 pixels a pass, 22.1 at 70,000, 25.7 at 35,000 (one whole view), 23.6 at 300,000 and 23.3 at
+# 600,000 (at 320x240: 14.6 ms at 140,000, the best there too).
 # A GPU wants every view it can hold: its value is a guess until bench.gpu measures one.
 PASS_PIXELS = {"cpu": 140_000, "cuda": 4_000_000}
 
