@@ -43,7 +43,10 @@ def test_a_run_resumes_from_its_saved_state(mini_corpus, subset, tmp_path):
     args = train.parse_args(common)
     model = train.initial_model(args)
     optimizer = torch.optim.AdamW(model.parameters())
-    train.save_state(tmp_path / "train_state.pt", model, optimizer, step=7, elapsed=12.0, history=[{"step": 5}])
+    state = tmp_path / "train_state.pt"
+    train.save_state(state, model, optimizer, step=7, elapsed=12.0, history=[{"step": 5}], cycle=args.cycle)
+    with pytest.raises(SystemExit, match="--cycle whole,whole,crop,cifar"):
+        train.main([*common, "--resume", "--cycle", "whole,crop"])
     train.main([*common, "--resume"])
     summary = json.loads((tmp_path / "training.json").read_text())
     assert summary["steps"] == 10, "three steps after the seven it resumed from"
@@ -54,6 +57,15 @@ def test_each_stream_resumes_where_its_batches_stopped():
     assert [train.consumed("whole", step) for step in (0, 1, 2, 3, 5, 8)] == [0, 1, 2, 2, 3, 4]
     assert [train.consumed("crop", step) for step in (2, 3, 6, 7)] == [0, 1, 1, 2]
     assert [train.consumed("cifar", step) for step in (3, 4, 8)] == [0, 1, 2]
+
+
+def test_a_cycle_sets_each_streams_share_and_a_resume_keeps_it():
+    cycle = train.parse_args(["--steps", "1", "--cycle", "whole,crop,cifar,cifar"]).cycle
+    assert cycle == ("whole", "crop", "cifar", "cifar")
+    assert [train.consumed("cifar", step, cycle) for step in (2, 3, 4, 8)] == [0, 1, 2, 4]
+    assert train.parse_args(["--steps", "1"]).cycle == train.CYCLE
+    with pytest.raises(SystemExit):
+        train.parse_args(["--steps", "1", "--cycle", "whole,tiles"])
 
 
 def test_fine_tuning_starts_from_an_uncalibrated_model(tmp_path):

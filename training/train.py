@@ -2,8 +2,9 @@
 
 python -m training.train --photos data/photos --cifar ../shared/data/cifar10-subset/train --minutes 60 --out checkpoints
 
-Each step trains on one batch of one stream (training/photo_data.py), in a fixed cycle: whole views of
-photos (two batches), native crops of photos, CIFAR images. The budget is wall-clock minutes on this
+Each step trains on one batch of one stream (training/photo_data.py), in a fixed cycle: by default whole views
+of photos (two batches), native crops of photos, CIFAR images; `--cycle` changes each stream's share (an ablation
+of how much the small-image task gets, for one). The budget is wall-clock minutes on this
 machine (`--minutes`, the learning rate follows a cosine over the elapsed time) or a number of steps
 (`--steps`, reproducible, and what several processes need). Every `--save-every` minutes the state is
 written to OUT/train_state.pt, and `--resume` continues a run from it.
@@ -57,9 +58,19 @@ from training.photo_data import (
     photo_group,
 )
 
-# One cycle of steps: which stream each step trains on.
+# One cycle of steps: which stream each step trains on (the default of --cycle).
 CYCLE = ("whole", "whole", "crop", "cifar")
+STREAMS = frozenset(CYCLE)
 WARMUP = 0.03  # share of the budget spent warming the learning rate up
+
+
+def parse_cycle(text: str) -> tuple[str, ...]:
+    """A cycle of stream names, comma-separated: "whole,whole,crop,cifar"."""
+    cycle = tuple(name.strip() for name in text.split(","))
+    unknown = set(cycle) - STREAMS
+    if unknown or not cycle:
+        raise argparse.ArgumentTypeError(f"a cycle of {', '.join(sorted(STREAMS))}, not {text!r}")
+    return cycle
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,6 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=24, help="whole views per batch (per process)")
     parser.add_argument("--crop-batch-size", type=int, default=64)
     parser.add_argument("--cifar-batch-size", type=int, default=64)
+    parser.add_argument(
+        "--cycle", type=parse_cycle, default=CYCLE, help="the streams' steps in order (default whole,whole,crop,cifar)"
+    )
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, cosine)")
     parser.add_argument("--weight-decay", type=float, default=0.02)
     parser.add_argument("--type-loss-weight", type=float, default=0.3, help="weight of the corruption-type loss")
@@ -231,16 +245,17 @@ def batches(loader: DataLoader) -> Iterator:
         yield from loader
 
 
-def consumed(stream: str, step: int) -> int:
+def consumed(stream: str, step: int, cycle: tuple[str, ...] = CYCLE) -> int:
     """How many batches of `stream` the first `step` steps of the cycle took."""
-    return step // len(CYCLE) * CYCLE.count(stream) + CYCLE[: step % len(CYCLE)].count(stream)
+    return step // len(cycle) * cycle.count(stream) + cycle[: step % len(cycle)].count(stream)
 
 
 def streams(args: argparse.Namespace, photos: PhotoSet, cifar: torch.Tensor, seed: int, step: int) -> dict:
     """An endless batch iterator per stream, resuming where `step` steps left each."""
     options = {"num_workers": args.workers, "persistent_workers": args.workers > 0}
-    whole = ViewBatches(10**9, args.batch_size, seed, consumed("whole", step))
-    crops, cifar_start = consumed("crop", step) * args.crop_batch_size, consumed("cifar", step) * args.cifar_batch_size
+    whole = ViewBatches(10**9, args.batch_size, seed, consumed("whole", step, args.cycle))
+    crops = consumed("crop", step, args.cycle) * args.crop_batch_size
+    cifar_start = consumed("cifar", step, args.cycle) * args.cifar_batch_size
     return {
         "whole": batches(DataLoader(WholeViewSamples(photos, seed), batch_sampler=whole, **options)),
         "crop": batches(
@@ -310,9 +325,16 @@ class Budget:
 
 
 def save_state(
-    path: Path, model: CorruptionNet, optimizer: torch.optim.Optimizer, step: int, elapsed: float, history: list
+    path: Path,
+    model: CorruptionNet,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    elapsed: float,
+    history: list,
+    cycle: tuple[str, ...],
 ) -> None:
-    """Everything `--resume` needs, written atomically."""
+    """Everything `--resume` needs, written atomically (the cycle too: a resumed stream starts where its batches
+    stopped only under the cycle that took them)."""
     temporary = path.with_suffix(".tmp")
     torch.save(
         {
@@ -322,6 +344,7 @@ def save_state(
             "elapsed": elapsed,
             "history": history,
             "backbone": model.backbone,
+            "cycle": list(cycle),
         },
         temporary,
     )
@@ -339,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     state_path = args.out / "train_state.pt"
     state = torch.load(state_path, weights_only=True) if args.resume else None
+    if state is not None and tuple(state.get("cycle", CYCLE)) != args.cycle:
+        raise SystemExit(f"{state_path} was trained with --cycle {','.join(state['cycle'])}: resume with it")
 
     model = initial_model(args) if state is None else build_model(state["backbone"])
     if state is not None:
@@ -376,10 +401,10 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
     for module in frozen:
         module.eval()  # their batch-norm statistics stay ImageNet's too
-    running = {name: [] for name in set(CYCLE)}
+    running = {name: [] for name in set(args.cycle)}
     last_save = budget.elapsed
     while budget.progress(step) < 1.0:
-        stream = CYCLE[step % len(CYCLE)]
+        stream = args.cycle[step % len(args.cycle)]
         images, labels, _, types = next(sources[stream])
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args.lr, budget.progress(step))
@@ -400,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             running = {name: [] for name in running}
         if rank == 0 and budget.elapsed - last_save > args.save_every * 60:
-            save_state(state_path, model, optimizer, step, budget.elapsed, history)
+            save_state(state_path, model, optimizer, step, budget.elapsed, history, args.cycle)
             last_save = budget.elapsed
 
     checksums = gather_checksums(model, world_size)
