@@ -68,7 +68,7 @@ def parse_cycle(text: str) -> tuple[str, ...]:
     """A cycle of stream names, comma-separated: "whole,whole,crop,cifar"."""
     cycle = tuple(name.strip() for name in text.split(","))
     unknown = set(cycle) - STREAMS
-    if unknown or not cycle:
+    if unknown:
         raise argparse.ArgumentTypeError(f"a cycle of {', '.join(sorted(STREAMS))}, not {text!r}")
     return cycle
 
@@ -362,8 +362,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     state_path = args.out / "train_state.pt"
     state = torch.load(state_path, weights_only=True) if args.resume else None
-    if state is not None and tuple(state.get("cycle", CYCLE)) != args.cycle:
-        raise SystemExit(f"{state_path} was trained with --cycle {','.join(state['cycle'])}: resume with it")
+    trained_cycle = tuple(state.get("cycle", CYCLE)) if state is not None else args.cycle
+    if trained_cycle != args.cycle:
+        raise SystemExit(f"{state_path} was trained with --cycle {','.join(trained_cycle)}: resume with it")
 
     model = initial_model(args) if state is None else build_model(state["backbone"])
     if state is not None:
