@@ -92,12 +92,17 @@ print((kib("VmHWM") - before) * 1024)
 """
 
 
+def fresh_interpreter_count(script: str, *argv: str) -> int:
+    """The number a measuring script prints last, run in a fresh interpreter (its memory is the script's alone)."""
+    result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, cwd=ROOT, check=True)
+    return int(result.stdout.split()[-1])
+
+
 def test_a_call_holds_one_decoded_image_at_a_time():
     """A request's images are opened together (for the budget) but decoded one by one, each freed before the next."""
     image = MAKERS["JPEG, EXIF-rotated"](2496, 2496, False)
     one = decode_bytes(open_image(image))
-    result = subprocess.run([sys.executable, "-c", ONE_CALL], capture_output=True, text=True, cwd=ROOT, check=True)
-    grown = int(result.stdout.split()[-1])
+    grown = fresh_interpreter_count(ONE_CALL)
     assert grown < 3 * one + 64 * 2**20, f"{grown / 2**20:.0f} MiB for 16 images of {one / 2**20:.0f} MiB each"
 
 
@@ -120,15 +125,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def warm_call_faults(*argv: str) -> int:
-    command = [sys.executable, "-c", WARM_CALL_FAULTS, *argv]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)
-    return int(result.stdout.split()[-1])
-
-
 def test_a_warm_call_reuses_the_memory_of_the_one_before():
     """The forward pass's buffers come back from the heap, not as fresh pages (detector.allocator): measured here
     about 1,100 page faults a warm call of 8 photos with the settings and 24,000 with glibc's defaults."""
     assert reuse_freed_memory(), "glibc takes the thresholds"
-    tuned, defaults = warm_call_faults(), warm_call_faults("defaults")
+    tuned, defaults = fresh_interpreter_count(WARM_CALL_FAULTS), fresh_interpreter_count(WARM_CALL_FAULTS, "defaults")
     assert tuned * 4 < defaults, f"{tuned} page faults with the allocator settings, {defaults} without"
