@@ -30,7 +30,7 @@ from detector.device_path import (
 )
 from detector.explain import GradCamExplainer, explanation_body
 from detector.model import LABELS, is_corrupted, load_model
-from detector.preprocessing import Views, opened_to_views
+from detector.preprocessing import Views, cheap_decode_scale, opened_to_views
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,8 @@ class CorruptionDetector:
         ):
             indices = [batch[position] for position in chunk]
             start = time.perf_counter()
-            made = chunk_views([payloads[index] for index in indices], self.device, self.crops)
+            scales = [cheap_decode_scale(opened[index][0], self.crops) for index in indices]
+            made = chunk_views([payloads[index] for index in indices], self.device, self.crops, scales)
             share = (time.perf_counter() - start) / len(indices)
             for index, views in zip(indices, made, strict=True):
                 image, seconds = opened[index]

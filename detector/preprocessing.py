@@ -63,6 +63,9 @@ STD = LITE_STD
 # Cut crops losslessly from a JPEG's compressed data (a second Huffman pass) when its whole view decodes at least
 # this much reduced; below, one full decode is cheaper (bench.views).
 CUT_CROPS_FROM_SCALE = 4
+# The whole view's resize first box-reduces by an integer factor to within this many times the view, then resamples
+# bicubically (Pillow's reducing_gap); a decode need keep no more pixels than that (`whole_view_decode_size`).
+REDUCING_GAP = 3.0
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom in the image's own pixels
 
@@ -98,16 +101,21 @@ def whole_size(width: int, height: int) -> tuple[int, int]:
 def whole_view(image: Image.Image, native_size: tuple[int, int] | None = None) -> torch.Tensor:
     """The whole view of an RGB image (see the module docstring), as uint8 CHW. With `native_size`, the image is
     a reduced decode of one that size (libjpeg's DCT scaling): the view is the native image's, of its size."""
-    width, height = native_size or image.size
-    left, top, right, bottom = central_box(width, height)
-    scale_x, scale_y = image.width / width, image.height / height
-    box = (round(left * scale_x), round(top * scale_y), round(right * scale_x), round(bottom * scale_y))
+    box, size = whole_view_box(image.size, native_size or image.size)
     part = image.crop(box) if box != (0, 0, *image.size) else image
-    size = whole_size(right - left, bottom - top)
     if size != part.size:
-        # reducing_gap: Pillow first shrinks by an integer factor with a box filter (fast), then resamples.
-        part = part.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+        part = part.resize(size, Image.Resampling.BICUBIC, reducing_gap=REDUCING_GAP)
     return F.pil_to_tensor(part)
+
+
+def whole_view_box(size: tuple[int, int], native_size: tuple[int, int]) -> tuple[Box, tuple[int, int]]:
+    """Where the whole view lies in an image of `size`, a decode (maybe reduced) of one of `native_size`, and
+    the (width, height) it is resized to."""
+    width, height = native_size
+    left, top, right, bottom = central_box(width, height)
+    scale_x, scale_y = size[0] / width, size[1] / height
+    box = (round(left * scale_x), round(top * scale_y), round(right * scale_x), round(bottom * scale_y))
+    return box, whole_size(right - left, bottom - top)
 
 
 def has_crops(width: int, height: int) -> bool:
@@ -186,8 +194,8 @@ def image_to_views(image: Image.Image) -> Views:
 
 def whole_view_decode_size(width: int, height: int) -> tuple[int, int]:
     """The least size a decode of a (width, height) image must keep for its whole view to be made as from the
-    native pixels: whole_view's resize first box-reduces to about its reducing gap (3x) of the view."""
-    scale = 3 * GLOBAL_SIDE / min(width, height)
+    native pixels: whole_view's resize first box-reduces to about REDUCING_GAP times the view."""
+    scale = REDUCING_GAP * GLOBAL_SIDE / min(width, height)
     return math.ceil(width * scale), math.ceil(height * scale)
 
 
