@@ -234,6 +234,12 @@ def save_checkpoint(model: CorruptionNet, path: Path, metadata: dict[str, Any]) 
     torch.save({**contract(), "backbone": model.backbone, "state_dict": state, "metadata": metadata}, path)
 
 
+def lineage(metadata: dict[str, Any]) -> list[str]:
+    """The sha256 of every checkpoint a model with this metadata was fine-tuned from, nearest first
+    (training.train records `init_sha256` and its `ancestors`)."""
+    return [metadata["init_sha256"], *metadata.get("ancestors", [])] if "init_sha256" in metadata else []
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint dictionary, refusing one whose contract differs from the code's.
 

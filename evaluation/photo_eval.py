@@ -55,7 +55,7 @@ from detector.corruptions import (
 )
 from detector.decoding import decode_image
 from detector.inference import CorruptionDetector
-from detector.model import is_corrupted, read_checkpoint
+from detector.model import is_corrupted, lineage, read_checkpoint
 from evaluation.baseline import HeuristicBaseline, image_features
 from evaluation.metrics import balanced_accuracy
 from training.corpus import BuiltPhoto
@@ -402,7 +402,7 @@ def model_photos(checkpoint: Path, corpus: Sequence[BuiltPhoto]) -> ModelPhotos:
     shipped = json.loads(SHIPPED_MODEL_PHOTOS.read_text())
     if "training_photos" in metadata:
         calibrated = metadata.get("calibration", {}).get("validation_photos", {})
-        if metadata.get("init_sha256") == shipped["sha256"]:  # fine-tuned from weights that predate the record
+        if shipped["sha256"] in lineage(metadata):  # fine-tuned, at some remove, from weights that predate the record
             earlier = {**shipped["train"], **shipped["val"]}
             record = (
                 f"the checkpoint's own record and, for the weights it was fine-tuned from, {SHIPPED_MODEL_PHOTOS.name}"

@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from bench.torchserve import ROOT
-from detector.model import CROP_TYPES, Calibration, build_model, load_model, read_checkpoint, save_checkpoint
+from detector.model import (
+    CROP_TYPES,
+    Calibration,
+    build_model,
+    lineage,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+)
 from detector.photometry import STATISTICS
 from tests.conftest import MINI_CORPUS, TINY_TRAINING
 from training import train
@@ -107,6 +115,16 @@ def test_a_fine_tuned_model_counts_what_its_start_saw_as_seen(tmp_path):
     inherited = train.inherited_photos(tmp_path / "start.pt", {"c": "carol"})
     assert inherited["training_photos"] == {"a": "alice", "b": "bob", "c": "carol"}
     assert inherited["init_sha256"] == hashlib.sha256((tmp_path / "start.pt").read_bytes()).hexdigest()
+    assert inherited["ancestors"] == []
+
+
+def test_a_fine_tune_of_a_fine_tune_names_every_ancestor(tmp_path):
+    """v3 from v2 from v1: v1's sha256 stays on record, so an evaluation still finds v1's photos (which predate
+    training.train's record) among v3's seen sources."""
+    start = {"training_photos": {"a": "alice"}, "init_sha256": "v1", "ancestors": ["v0"]}
+    save_checkpoint(build_model("efficientnet-lite0"), tmp_path / "v2.pt", start)
+    inherited = train.inherited_photos(tmp_path / "v2.pt", {})
+    assert lineage(inherited) == [hashlib.sha256((tmp_path / "v2.pt").read_bytes()).hexdigest(), "v1", "v0"]
 
 
 def test_pretrained_weights_load_from_the_installed_wheel():

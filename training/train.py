@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 
 from detector.backbones import LITE_CONFIGS
 from detector.corruptions import TYPES
-from detector.model import CROP_TYPES, CorruptionNet, build_model, save_checkpoint
+from detector.model import CROP_TYPES, CorruptionNet, build_model, lineage, save_checkpoint
 from training.calibrate import SAMPLES, calibrate_checkpoint
 from training.data import load_clean_images, split_cifar
 from training.photo_data import (
@@ -178,11 +178,16 @@ def initial_model(args: argparse.Namespace) -> CorruptionNet:
 
 def inherited_photos(init: Path, trained_on: dict[str, str]) -> dict:
     """What a fine-tuned model saw before this run: the photos its starting checkpoint learnt from and was
-    calibrated on join `training_photos` (for the evaluation they are seen sources), and `init_sha256` names
-    that checkpoint, so an evaluation can look up the record of one that predates the record."""
+    calibrated on join `training_photos` (for the evaluation they are seen sources); `init_sha256` names that
+    checkpoint and `ancestors` the ones it was fine-tuned from in turn, so an evaluation can look up the record of
+    any ancestor that predates the record (v3 from v2 from v1: v1's photos are seen sources of v3 too)."""
     metadata = torch.load(init, map_location="cpu", weights_only=True).get("metadata", {})
     earlier = {**metadata.get("training_photos", {}), **metadata.get("calibration", {}).get("validation_photos", {})}
-    return {"training_photos": {**earlier, **trained_on}, "init_sha256": hashlib.sha256(init.read_bytes()).hexdigest()}
+    return {
+        "training_photos": {**earlier, **trained_on},
+        "init_sha256": hashlib.sha256(init.read_bytes()).hexdigest(),
+        "ancestors": lineage(metadata),
+    }
 
 
 def carry_over(model: CorruptionNet, path: Path) -> None:
