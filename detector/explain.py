@@ -9,8 +9,9 @@ crops sit where the image has most detail, detector/preprocessing.py): the map s
 crop's P(corrupted) ("method": "crop-evidence"), which says where the damage was seen; a Grad-CAM of a
 64-pixel crop would be a few pixels of the overview.
 
-Every map is scaled to peak at 1, so a clean verdict's map would still show a hot spot: its body says the
-map is not evidence ("evidence": false) and its overlay shows the image plain.
+Every map is scaled to peak at 1 (a Grad-CAM is all zero where no region of the view raises the "corrupted"
+logit), so a clean verdict's map would still show a hot spot: its body says the map is not evidence
+("evidence": false) and its overlay shows the image plain.
 """
 
 import base64
@@ -139,7 +140,8 @@ class GradCamExplainer:
         self.gradcam = LayerGradCam(model, model.trunk.get_submodule(self.layer))
 
     def explain(self, views: Views, crops_decided: bool) -> tuple[str, torch.Tensor]:
-        """(method, map in [0, 1] peaking at 1, at the whole view's aspect ratio) for the view that decided."""
+        """(method, map in [0, 1] peaking at 1 or all zero, at the whole view's aspect ratio) for the view that
+        decided."""
         if crops_decided and len(views.crops):
             method, heatmap = "crop-evidence", self.crop_evidence(views)
         else:

@@ -54,7 +54,8 @@ def decode_overlay(body: dict) -> Image.Image:
 
 
 def assert_explanation_schema(body: dict) -> None:
-    """The prediction schema plus "explanation": a heatmap in [0, 1] peaking at 1, whether it is evidence (only
+    """The prediction schema plus "explanation": a heatmap in [0, 1] peaking at 1 (or all zero: nothing in the view
+    raises the corrupted logit), whether it is evidence (only
     for a corrupted verdict) and a note, and a PNG of the view at its aspect ratio (a colour scale with evidence)."""
     assert_prediction_schema({key: value for key, value in body.items() if key != "explanation"})
     explanation = body["explanation"]
@@ -64,7 +65,7 @@ def assert_explanation_schema(body: dict) -> None:
     assert ("not evidence" in explanation["note"]) == (not explanation["evidence"])
     heatmap = torch.tensor(explanation["heatmap"])
     assert heatmap.ndim == 2
-    assert heatmap.min() >= 0 and heatmap.max() == 1
+    assert heatmap.min() >= 0 and heatmap.max() in (0, 1)
     overlay = decode_overlay(body)
     width, height = overlay_area(*heatmap.shape)  # the heatmap covers the explained view, at its aspect ratio
     assert (overlay.format, overlay.mode, overlay.height) == ("PNG", "RGB", height + CAPTION_HEIGHT)
