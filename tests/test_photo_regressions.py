@@ -43,7 +43,7 @@ def noisy(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(image, dtype=np.float64) + noise, 0, 255).astype(np.uint8))
 
 
-# The shipped model still misses this one (P(corrupted) 0.004-0.08 on the three photos): its occlusions were
+# The shipped model still misses this one (P(corrupted) 0.005-0.06 on the three photos): its occlusions were
 # random-colour rectangles, textures and blobs anywhere, and a black corner reads as a dark, vignetted scene.
 # MODEL_CARD.md "Known limits". Strict: the day a model catches it, this test says so.
 MISSED_BY_THE_SHIPPED_MODEL = pytest.mark.xfail(strict=True, reason="black corner quadrant: MODEL_CARD.md Known limits")

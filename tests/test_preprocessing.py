@@ -178,7 +178,7 @@ def photo_jpeg(size: tuple[int, int], **options) -> bytes:
 
 def test_a_large_jpeg_is_decoded_reduced_and_its_crops_cut_from_the_compressed_data():
     data = photo_jpeg((4000, 3000))
-    assert cheap_decode_scale(open_image(data), crops=True) == 4
+    assert cheap_decode_scale(open_image(data), crops=True) == 8
     cheap, full = opened_to_views(open_image(data), data), image_to_views(decode_image(data))
     assert cheap.whole.shape == full.whole.shape and cheap.boxes == full.boxes
     assert float((cheap.whole.float() - full.whole.float()).abs().mean()) < 0.5, "about 0.2/255 on average"
@@ -207,7 +207,7 @@ def test_without_turbojpeg_large_jpegs_decode_whole_and_whole_views_stay_cheap(m
     monkeypatch.setattr(preprocessing, "turbojpeg", lambda: None)
     data = photo_jpeg((4000, 3000))
     assert cheap_decode_scale(open_image(data), crops=True) == 1
-    assert cheap_decode_scale(open_image(data), crops=False) == 4
+    assert cheap_decode_scale(open_image(data), crops=False) == 8
     assert opened_to_views(open_image(data), data).boxes == image_to_views(decode_image(data)).boxes
     assert len(opened_to_views(open_image(data), data, crops=False).crops) == 0
 
