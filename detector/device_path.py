@@ -15,8 +15,9 @@ The device's whole view is Pillow's resize (`whole_view`: a box reduce by an int
 8-bit fixed point with rounding after each pass) done in torch with Pillow's own arithmetic (`pillow_resize`),
 so on the same decoded pixels it is the training path's view exactly (tests/test_device_path.py). What still
 differs from the CPU serving path is the decode: nvJPEG against libjpeg-turbo, which the CPU path also asks
-to scale large JPEGs in the DCT. `python -m bench.gpu --agreement DIR` measures what that moves P(corrupted) by;
-the tests hold it to PROBABILITY_TOLERANCE with equal labels.
+to scale large JPEGs in the DCT (the device then reduces its full decode by block means first, `dct_reduce`).
+`python -m bench.gpu --agreement DIR` measures what that moves P(corrupted) by; the tests hold it to
+PROBABILITY_TOLERANCE with equal labels.
 """
 
 from collections.abc import Iterator, Sequence
