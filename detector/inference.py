@@ -8,6 +8,7 @@ its requests into payloads and the records into responses.
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,10 @@ class CorruptionDetector:
     with the process's allocator set to reuse the pass's freed buffers (detector.allocator): together a forward pass
     about 30% cheaper on one CPU thread (bench.large_images). `precision` (a device_path.PRECISIONS name) is what the
     model runs at; "auto" is device_path.CUDA_PRECISION on CUDA, fp32 elsewhere.
+
+    The CPU views of a batch are made on `view_threads` threads at once (default: the process's torch threads, a
+    worker's share of the cores): Pillow's and libjpeg-turbo's decoders and Pillow's resize release the GIL, so a
+    worker with N threads decodes N images at a time. Never more: one call holds at most N images' pixels.
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class CorruptionDetector:
         pipeline: str = "auto",
         precision: str = "auto",
         chunk_pixels: int = DECODE_CHUNK_PIXELS,
+        view_threads: int | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = load_model(weights, self.device)
@@ -103,6 +109,8 @@ class CorruptionDetector:
         self.explainer = GradCamExplainer(self.model, self.device)
         self.corruption_type = corruption_type
         self.crops = crops
+        self.view_threads = view_threads or torch.get_num_threads()
+        self.view_pool = ThreadPoolExecutor(self.view_threads, "views") if self.view_threads > 1 else None
 
     def run(
         self,
@@ -123,15 +131,11 @@ class CorruptionDetector:
         opened = [self._open(payload) for payload in payloads]
         sizes = [None if isinstance(image, BadImageError) else image.size for image, _ in opened]
         refusals = over_budget(sizes, explain, requests)
+        refused = [refusals.get(request) for request in requests]
         if self.pipeline == "device":
-            prepared = self._device_views(opened, [refusals.get(request) for request in requests], payloads)
+            prepared = self._device_views(opened, refused, payloads)
         else:
-            prepared = []
-            for index, request in enumerate(requests):
-                image, seconds = opened[index]
-                # an opened image keeps its decoded pixels: one image's at a time, never the batch's
-                opened[index] = None
-                prepared.append(self._views(image, seconds, refusals.get(request), payloads[index]))
+            prepared = self._cpu_views(range(len(payloads)), opened, refused, payloads)
         good = [index for index, (views, _) in enumerate(prepared) if isinstance(views, Views)]
         bodies = dict(zip(good, self.answer([prepared[i][0] for i in good], [explain[i] for i in good]), strict=True))
         return [
@@ -219,13 +223,12 @@ class CorruptionDetector:
         at most `chunk_pixels` at a time (each image is charged an equal share of its chunk's time); the rest, and
         a JPEG the device fails to decode, on the CPU path one at a time, as `run` makes them."""
         prepared: list = [None] * len(payloads)
-        batch = []
-        for index, ((image, seconds), refused) in enumerate(zip(opened, refusals, strict=True)):
-            if refused is None and isinstance(image, Image.Image) and takes_device_path(image, payloads[index]):
-                batch.append(index)
-            else:
-                prepared[index] = self._views_to_device(*self._views(image, seconds, refused, payloads[index]))
-                opened[index] = None
+        batch, rest = [], []
+        for index, ((image, _), refused) in enumerate(zip(opened, refusals, strict=True)):
+            device = refused is None and isinstance(image, Image.Image) and takes_device_path(image, payloads[index])
+            (batch if device else rest).append(index)
+        for index, views in zip(rest, self._cpu_views(rest, opened, refusals, payloads), strict=True):
+            prepared[index] = self._views_to_device(*views)
         for chunk in pixel_chunks(
             [opened[index][0].width * opened[index][0].height for index in batch], self.chunk_pixels
         ):
@@ -243,6 +246,24 @@ class CorruptionDetector:
                     else self._views_to_device(*self._views(image, seconds, None, payloads[index]))
                 )
         return prepared
+
+    def _cpu_views(
+        self,
+        indices: Sequence[int],
+        opened: list[tuple[Image.Image | BadImageError, float | None]],
+        refusals: Sequence[BadImageError | None],
+        payloads: Sequence[bytes | BadImageError],
+    ) -> list[tuple[Views | BadImageError, float | None]]:
+        """`_views` of the payloads at `indices`, in order, on the CPU: `view_threads` at a time."""
+
+        def views_of(index: int) -> tuple[Views | BadImageError, float | None]:
+            image, seconds = opened[index]
+            opened[index] = None  # an opened image keeps its decoded pixels: they go with its views made
+            return self._views(image, seconds, refusals[index], payloads[index])
+
+        if self.view_pool is None or len(indices) < 2:
+            return [views_of(index) for index in indices]
+        return list(self.view_pool.map(views_of, indices))
 
     def _views_to_device(
         self, views: Views | BadImageError, seconds: float | None

@@ -35,6 +35,18 @@ def test_records_keep_request_order_and_refusals_stay_in_place(detector):
     assert set(records[0].body) == {"label", "confidence", "probs", "corruption_type"}
 
 
+def test_views_made_on_several_threads_give_the_same_records(detector):
+    """A worker with several threads makes a batch's views that many at a time: same answers, same order."""
+    photos = [encode(gradient(size, size * 3 // 4), "JPEG", quality=92) for size in (640, 2400, 320)]
+    batch = [photos[0], b"not an image", photos[1], encode(gradient(300, 200), "PNG"), photos[2], photos[1]]
+    threaded = CorruptionDetector(SHIPPED_WEIGHTS, corruption_type=True, view_threads=3)
+    serial = CorruptionDetector(SHIPPED_WEIGHTS, corruption_type=True, view_threads=1)
+    assert threaded.view_pool is not None and serial.view_pool is None
+    made, expected = threaded.run(batch), serial.run(batch)
+    assert [r.body for r in made] == [r.body for r in expected]
+    assert [r.error and r.error.reason for r in made] == [None, "not_an_image", None, None, None, None]
+
+
 def test_crops_can_be_switched_off(detector):
     plain = CorruptionDetector(SHIPPED_WEIGHTS, crops=False)
     assert len(plain.prepare(encode(gradient(1024, 768), "PNG"))[0].crops) == 0
@@ -73,7 +85,8 @@ def test_the_budget_admits_a_request_at_every_limit(detector):
     assert all(record.error is None for record in records)
 
 
-# Runs in a fresh interpreter: the peak RSS growth (bytes) of one detector call over 16 large images of one request.
+# Runs in a fresh interpreter: the peak RSS growth (bytes) of one detector call over 16 large images, each a request,
+# on as many torch (and view) threads as argv[1] says.
 ONE_CALL = """
 import re, sys, torch
 from pathlib import Path
@@ -81,13 +94,14 @@ from bench.limits import MAKERS
 from detector.inference import CorruptionDetector
 from detector.paths import SHIPPED_WEIGHTS
 def kib(field): return int(re.search(field + r":\\s+(\\d+) kB", Path("/proc/self/status").read_text())[1])
-torch.set_num_threads(1)
+torch.set_num_threads(int(sys.argv[1]))  # and as many view threads
 detector = CorruptionDetector(SHIPPED_WEIGHTS)
 image = MAKERS["JPEG, EXIF-rotated"](2496, 2496, False)
 detector.run([image], [False], [0])  # warm: the model's own buffers
 Path("/proc/self/clear_refs").write_text("5")
 before = kib("VmRSS")
-detector.run([image] * 16, [False] * 16, [0] * 16)
+records = detector.run([image] * 16)  # 16 requests: one of 16 such images is over the pixel budget
+assert all(record.error is None for record in records)
 print((kib("VmHWM") - before) * 1024)
 """
 
@@ -98,12 +112,15 @@ def fresh_interpreter_count(script: str, *argv: str) -> int:
     return int(result.stdout.split()[-1])
 
 
-def test_a_call_holds_one_decoded_image_at_a_time():
-    """A request's images are opened together (for the budget) but decoded one by one, each freed before the next."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_call_holds_one_decoded_image_per_thread_at_a_time(threads):
+    """A call's images are opened together (for the budget) but decoded one at a time on each of the worker's
+    threads, each freed before that thread's next."""
     image = MAKERS["JPEG, EXIF-rotated"](2496, 2496, False)
     one = decode_bytes(open_image(image))
-    grown = fresh_interpreter_count(ONE_CALL)
-    assert grown < 3 * one + 64 * 2**20, f"{grown / 2**20:.0f} MiB for 16 images of {one / 2**20:.0f} MiB each"
+    grown = fresh_interpreter_count(ONE_CALL, str(threads))
+    bound = (threads + 2) * one + 64 * 2**20
+    assert grown < bound, f"{grown / 2**20:.0f} MiB for 16 images of {one / 2**20:.0f} MiB each on {threads} threads"
 
 
 # Runs in a fresh interpreter: the page faults of one warm call over 8 photos, with the detector's allocator
