@@ -2,7 +2,7 @@
 the JPEG grid, CIFAR images; each sample a function of (seed, stream, index) alone."""
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -21,9 +21,11 @@ from training.photo_data import (
     WholeViewSamples,
     check_split_by_group,
     clean_variants,
+    corrupt_or_not,
     load_split,
     photo_group,
     photo_sizes,
+    sample_rng,
     shared_groups,
 )
 
@@ -76,6 +78,22 @@ def test_blurred_crops_are_soft_at_native_resolution(photos):
             energy[family].append(float((grey[:, 1:] - grey[:, :-1]).abs().mean()))
     assert min(len(values) for values in energy.values()) >= 5, energy
     assert sum(energy["blur"]) / len(energy["blur"]) < 0.6 * sum(energy["clean"]) / len(energy["clean"])
+
+
+def test_training_can_leave_out_the_subtle_severities():
+    """`--min-severity`: corrupted samples draw from [min, 5]; the default draws the table's whole range."""
+    drawn = []
+    exposure = replace(CORRUPTIONS["exposure"], apply=lambda image, stops: drawn.append(stops) or image)
+    image = torch.zeros(3, 8, 8, dtype=torch.uint8)
+
+    def stops_drawn(**severity) -> list[float]:
+        drawn.clear()
+        for index in range(200):
+            corrupt_or_not(image, ["exposure"], {"exposure": exposure}, sample_rng(0, 0, index), **severity)
+        return drawn[:]
+
+    assert min(stops_drawn(min_severity=2.0)) >= exposure.value(2)
+    assert min(stops_drawn()) < exposure.value(2), "the default keeps severities 1-2"
 
 
 def test_cifar_samples_stay_32_pixels(images):

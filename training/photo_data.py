@@ -4,7 +4,8 @@ saved as a camera saves them, then cut into exactly the views the server compute
 Three streams, each a map-style dataset whose item randomness depends on (seed, stream, index) only:
 
 - `WholeViewSamples`: a random part of a training photo, scaled to a random "native" size, clean or
-  corrupted (every family, severity drawn in [1, 5]), saved as JPEG, and seen as the whole view.
+  corrupted (every family, severity drawn in [min_severity, 5]; training.train.MIN_SEVERITY), saved as JPEG, and
+  seen as the whole view.
   Noise, compression and pixelation are drawn only at sizes where the whole view can see them (within
   CROPS_FROM_DOWNSCALE of its size): on larger photos only the crops can, and the whole view is not
   asked to guess. A batch shares one aspect ratio and one view size (`ViewBatches`).
@@ -145,13 +146,15 @@ def corrupt_or_not(
     table: dict,
     rng: np.random.Generator,
     whole_short_side: int | None = None,
+    min_severity: float = SEVERITIES[0],
 ) -> tuple:
-    """(image, its index in SAMPLE_KINDS): clean with CLEAN_SHARE, else one of `kinds` at a random severity
-    (`whole_short_side`: the image is part of a larger one, detector.corruptions.Corruption)."""
+    """(image, its index in SAMPLE_KINDS): clean with CLEAN_SHARE, else one of `kinds` at a random severity in
+    [min_severity, the table's last] (`whole_short_side`: the image is part of a larger one,
+    detector.corruptions.Corruption)."""
     if rng.random() < CLEAN_SHARE:
         return image, 0
     kind = kinds[int(rng.integers(0, len(kinds)))]
-    severity = float(rng.uniform(SEVERITIES[0], SEVERITIES[-1]))
+    severity = float(rng.uniform(min_severity, SEVERITIES[-1]))
     corruption = table.get(kind, CORRUPTIONS[kind])
     return corruption(image, severity, torch_seed(rng), whole_short_side), SAMPLE_KINDS.index(kind)
 
@@ -175,9 +178,10 @@ class WholeViewSamples(Dataset):
     """Whole views of training photos, clean or corrupted (see the module docstring). Items are
     (normalised view, label, sample kind, type index)."""
 
-    def __init__(self, photos: PhotoSet, seed: int) -> None:
+    def __init__(self, photos: PhotoSet, seed: int, min_severity: float = SEVERITIES[0]) -> None:
         self.photos = photos
         self.seed = seed
+        self.min_severity = min_severity
 
     def __getitem__(self, request: WholeViewRequest) -> tuple[torch.Tensor, int, int, int]:
         rng = sample_rng(self.seed, WHOLE_STREAM, request.index)
@@ -197,7 +201,7 @@ class WholeViewSamples(Dataset):
         if rng.random() < GREYSCALE_SHARE:
             image = F.rgb_to_grayscale(image, num_output_channels=3)
         kinds = DOWNSCALE_HIDDEN_KINDS if fine else tuple(k for k in CORRUPTIONS if k not in DOWNSCALE_HIDDEN_KINDS)
-        image, kind = corrupt_or_not(image, kinds, CORRUPTIONS, rng)
+        image, kind = corrupt_or_not(image, kinds, CORRUPTIONS, rng, min_severity=self.min_severity)
         view = whole_view(to_pil(save_like_a_camera(image, kind > 0, rng)))
         if tuple(view.shape[-2:]) != request.view_shape:  # a pixel of rounding between samples of a batch
             view = F.resize(view, list(request.view_shape), antialias=True)
@@ -226,9 +230,10 @@ class CropSamples(Dataset):
     """Native crops of training photos where they have most detail, clean or with a CROP_KINDS corruption
     (module docstring). Items are (normalised crop, label, sample kind, crop-type index into CROP_TYPES)."""
 
-    def __init__(self, photos: PhotoSet, seed: int) -> None:
+    def __init__(self, photos: PhotoSet, seed: int, min_severity: float = SEVERITIES[0]) -> None:
         self.photos = photos
         self.seed = seed
+        self.min_severity = min_severity
         # A photo's whole view at any scale is its shrunk copy's: the crops' ranking by detail, made once.
         self.views = [whole_view(to_pil(shrunk)) for shrunk in photos.shrunk]
 
@@ -254,7 +259,7 @@ class CropSamples(Dataset):
         native = [round(edge / scale) for edge in region]
         patch = source[:, native[1] : max(native[1] + 1, native[3]), native[0] : max(native[0] + 1, native[2])]
         patch = F.resize(patch, [region[3] - region[1], region[2] - region[0]], antialias=True)
-        patch, kind = corrupt_or_not(patch, CROP_KINDS, CORRUPTIONS, rng, whole_short_side=min(size))
+        patch, kind = corrupt_or_not(patch, CROP_KINDS, CORRUPTIONS, rng, min(size), self.min_severity)
         saved = save_like_a_camera(patch, kind > 0, rng)
         left, top = box[0] - region[0], box[1] - region[1]
         crop = saved[:, top : top + CROP_SIZE, left : left + CROP_SIZE]
@@ -265,9 +270,10 @@ class CropSamples(Dataset):
 class CifarSamples(Dataset):
     """32x32 images, clean (a quarter re-saved as JPEG) or corrupted by CIFAR_KINDS. Items as WholeViewSamples."""
 
-    def __init__(self, images: torch.Tensor, seed: int) -> None:
+    def __init__(self, images: torch.Tensor, seed: int, min_severity: float = SEVERITIES[0]) -> None:
         self.images = images
         self.seed = seed
+        self.min_severity = min_severity
 
     def __len__(self) -> int:
         return 2**31 - 1
@@ -277,7 +283,7 @@ class CifarSamples(Dataset):
         image = self.images[int(rng.integers(0, len(self.images)))]
         if rng.random() < 0.5:
             image = F.horizontal_flip(image)
-        image, kind = corrupt_or_not(image, CIFAR_KINDS, CIFAR_CORRUPTIONS, rng)
+        image, kind = corrupt_or_not(image, CIFAR_KINDS, CIFAR_CORRUPTIONS, rng, min_severity=self.min_severity)
         if kind == 0 and rng.random() < 0.25:
             image = save_like_a_camera(image, True, rng)  # clean at camera quality stays clean
         return normalise(image), int(kind > 0), kind, KIND_TYPES[kind]
