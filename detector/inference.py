@@ -74,7 +74,7 @@ class CorruptionDetector:
     With `corruption_type`, answers also carry the type probabilities of the view that decided; without
     `crops`, large images are judged on their whole view only (cheaper, blind to fine noise and blocks).
     `pipeline` "device" makes the views of JPEGs on the model's device, decoded in batches of at most
-    `chunk_pixels` (detector.device_path); "cpu" makes every view on the CPU, one image at a time; "auto" is
+    `chunk_pixels` (detector.device_path); "cpu" makes every view on the CPU, `view_threads` images at a time; "auto" is
     "device" on CUDA. Either way the model runs with its batch norms folded into its convolutions, in channels_last,
     with the process's allocator set to reuse the pass's freed buffers (detector.allocator): together a forward pass
     about 30% cheaper on one CPU thread (bench.large_images). `precision` (a device_path.PRECISIONS name) is what the
@@ -221,7 +221,7 @@ class CorruptionDetector:
     ) -> list[tuple[Views | BadImageError, float | None]]:
         """`_views` of every payload, all on the model's device: the JPEGs the device takes decoded there together,
         at most `chunk_pixels` at a time (each image is charged an equal share of its chunk's time); the rest, and
-        a JPEG the device fails to decode, on the CPU path one at a time, as `run` makes them."""
+        a JPEG the device fails to decode, on the CPU path `view_threads` at a time, as `run` makes them."""
         prepared: list = [None] * len(payloads)
         batch, rest = [], []
         for index, ((image, _), refused) in enumerate(zip(opened, refusals, strict=True)):

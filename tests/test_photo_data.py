@@ -81,7 +81,8 @@ def test_blurred_crops_are_soft_at_native_resolution(photos):
 
 
 def test_training_can_leave_out_the_subtle_severities():
-    """`--min-severity`: corrupted samples draw from [min, 5]; the default draws the table's whole range."""
+    """`--min-severity`: corrupted samples draw from [min, 5]; `corrupt_or_not` alone draws the table's whole range
+    (the temperatures are fitted on it)."""
     drawn = []
     exposure = replace(CORRUPTIONS["exposure"], apply=lambda image, stops: drawn.append(stops) or image)
     image = torch.zeros(3, 8, 8, dtype=torch.uint8)
