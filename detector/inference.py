@@ -109,8 +109,8 @@ class CorruptionDetector:
         self.explainer = GradCamExplainer(self.model, self.device)
         self.corruption_type = corruption_type
         self.crops = crops
-        self.view_threads = view_threads or torch.get_num_threads()
-        self.view_pool = ThreadPoolExecutor(self.view_threads, "views") if self.view_threads > 1 else None
+        threads = view_threads or torch.get_num_threads()
+        self.view_pool = ThreadPoolExecutor(threads, "views") if threads > 1 else None
 
     def run(
         self,
