@@ -215,6 +215,16 @@ def jpeg_block(image: Image.Image) -> tuple[int, int]:
     return 8 * max(h for _, h, _, _ in layers), 8 * max(v for _, _, v, _ in layers)
 
 
+def chroma_subsampling(image: Image.Image) -> tuple[int, int]:
+    """How many luma samples an opened JPEG's Cb and Cr samples each span, across and down: (2, 2) for 4:2:0,
+    (2, 1) for 4:2:2, (1, 1) for 4:4:4 and for images without chroma."""
+    layers = getattr(image, "layer", None) or []
+    if len(layers) != 3:
+        return 1, 1
+    (_, luma_h, luma_v, _), (_, chroma_h, chroma_v, _) = layers[0], layers[1]
+    return max(1, luma_h // chroma_h), max(1, luma_v // chroma_v)
+
+
 @functools.cache
 def turbojpeg() -> TurboJPEG | None:
     """libjpeg-turbo's TurboJPEG library (Debian: libturbojpeg0) through PyTurboJPEG, loaded once; None when the

@@ -15,13 +15,14 @@ The device's whole view is Pillow's resize (`whole_view`: a box reduce by an int
 8-bit fixed point with rounding after each pass) done in torch with Pillow's own arithmetic (`pillow_resize`),
 so on the same decoded pixels it is the training path's view exactly (tests/test_device_path.py). What still
 differs from the CPU serving path is the decode: nvJPEG against libjpeg-turbo, which the CPU path also asks
-to scale large JPEGs in the DCT (the device then reduces its full decode by block means first, `dct_reduce`).
+to scale large JPEGs in the DCT (the device then reduces its full decode as libjpeg would have, `dct_reduce`).
 `python -m bench.gpu --agreement DIR` measures what that moves P(corrupted) by; the tests hold it to
 PROBABILITY_TOLERANCE with equal labels.
 """
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,11 +30,12 @@ import torch.nn.functional as nnf
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from detector.decoding import may_be_rotated
+from detector.decoding import chroma_subsampling, may_be_rotated
 from detector.preprocessing import (
     NO_CROPS,
     REDUCING_GAP,
     Views,
+    cheap_decode_scale,
     detail_boxes,
     has_crops,
     whole_view_box,
@@ -53,6 +55,12 @@ END_OF_IMAGE = b"\xff\xd9"
 BICUBIC_SUPPORT = 2.0
 BICUBIC_A = -0.5
 FIXED_POINT = 2.0**22
+# JFIF's colour transform as libjpeg applies it (jccolor.c, jdcolor.c): RGB -> Y, Cb, Cr (Cb and Cr centred on
+# CHROMA_CENTRE in a JPEG), and Cb, Cr -> what they add to Y in R, G and B; and the size of a JPEG block.
+RGB_TO_YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168735892, -0.331264108, 0.5], [0.5, -0.418687589, -0.081312411]])
+CHROMA_TO_RGB = torch.tensor([[0.0, 1.402], [-0.344136286, -0.714136286], [1.772, 0.0]])
+CHROMA_CENTRE = 128.0
+DCT_SIZE = 8
 # Autocast dtypes by name; "fp32" runs without autocast.
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The precision the model runs at on CUDA unless told otherwise: fp16 keeps 3 more mantissa bits than bf16, and
@@ -85,12 +93,27 @@ def pixel_chunks(pixels: Sequence[int], limit: int = DECODE_CHUNK_PIXELS) -> Ite
         yield chunk
 
 
-def device_whole_view(decoded: torch.Tensor, scale: int = 1) -> torch.Tensor:
-    """The whole view (preprocessing.whole_view) of a decoded uint8 (3, h, w) image, on its device. `scale` is the
-    DCT scale the CPU path decodes this JPEG at (preprocessing.cheap_decode_scale): the view is made, as there,
-    from the image reduced that much (`dct_reduce`)."""
+class DctScaling(NamedTuple):
+    """How the CPU path decodes a JPEG (preprocessing.cheap_decode_scale): libjpeg's DCT scale (1: none), and the
+    JPEG's chroma subsampling (decoding.chroma_subsampling), on which libjpeg's reduced chroma depends."""
+
+    scale: int = 1
+    subsampling: tuple[int, int] = (1, 1)
+
+
+FULL_DECODE = DctScaling()
+
+
+def dct_scaling(image: Image.Image, crops: bool) -> DctScaling:
+    """How the CPU path would decode this opened JPEG (with or without its crops)."""
+    return DctScaling(cheap_decode_scale(image, crops), chroma_subsampling(image))
+
+
+def device_whole_view(decoded: torch.Tensor, scaling: DctScaling = FULL_DECODE) -> torch.Tensor:
+    """The whole view (preprocessing.whole_view) of a decoded uint8 (3, h, w) image, on its device, made as the CPU
+    path makes it: from the image reduced as libjpeg's DCT scaling would have decoded it (`dct_reduce`)."""
     height, width = decoded.shape[-2:]
-    image = dct_reduce(decoded, scale) if scale > 1 else decoded
+    image = dct_reduce(decoded, scaling) if scaling.scale > 1 else decoded
     (left, top, right, bottom), size = whole_view_box((image.shape[-1], image.shape[-2]), (width, height))
     part = image[:, top:bottom, left:right]
     if size == (right - left, bottom - top):
@@ -98,12 +121,69 @@ def device_whole_view(decoded: torch.Tensor, scale: int = 1) -> torch.Tensor:
     return pillow_resize(part, size)
 
 
-def dct_reduce(decoded: torch.Tensor, scale: int) -> torch.Tensor:
-    """A uint8 (3, h, w) image reduced by `scale` as libjpeg's scaled inverse DCT reduces it, approximately: each
-    scale x scale block's mean (its DC term; the reduced IDCT adds a little of the lowest frequencies), rounded,
-    the last row and column of blocks over the pixels they have (libjpeg's size is rounded up)."""
-    means = nnf.avg_pool2d(decoded[None].float(), scale, ceil_mode=True)[0]
-    return torch.floor(means + 0.5).to(torch.uint8)
+def dct_reduce(decoded: torch.Tensor, scaling: DctScaling) -> torch.Tensor:
+    """A JPEG's full uint8 (3, h, w) decode reduced by `scaling.scale` as libjpeg's scaled inverse DCT reduces it.
+
+    libjpeg's reduced IDCT gives each block's mean of the full IDCT (jidctred.c averages adjacent outputs), so the
+    luma is the block means of the decoded luma. A subsampled chroma is different: the full decode spread it by
+    triangle ("fancy") upsampling, while the reduced decode scales it in the IDCT and upsamples only what is left
+    (`reduced_chroma`). The samples are then rounded and converted to RGB as libjpeg does it. The last row and
+    column of blocks are over the pixels they have (libjpeg rounds its size up). What cannot be matched: the full
+    decode's pixels were rounded before they were averaged."""
+    ycc = torch.einsum("ij,jhw->ihw", RGB_TO_YCC.to(decoded.device), decoded.float())
+    luma = nnf.avg_pool2d(ycc[None, :1], scaling.scale, ceil_mode=True)[0]
+    chroma = reduced_chroma(ycc[1:] + CHROMA_CENTRE, scaling)[:, : luma.shape[-2], : luma.shape[-1]]
+    # libjpeg converts rounded samples, each colour's chroma term rounded once (jdcolor.c's tables).
+    luma, chroma = (torch.floor(samples + 0.5).clamp(0, 255) for samples in (luma, chroma))
+    terms = torch.einsum("ij,jhw->ihw", CHROMA_TO_RGB.to(decoded.device), chroma - CHROMA_CENTRE)
+    return (luma + torch.floor(terms + 0.5)).clamp(0, 255).to(torch.uint8)
+
+
+def reduced_chroma(chroma: torch.Tensor, scaling: DctScaling) -> torch.Tensor:
+    """(2, h, w) full-size Cb and Cr of a full decode -> libjpeg's Cb and Cr at scale 1 / `scaling.scale`, at least
+    the luma's reduced size. libjpeg (jdmaster.c) scales each chroma component's IDCT up by powers of two while
+    its sampling allows, instead of upsampling it; what is left is upsampled at the reduced size, by triangles
+    when that size is over one sample per block (jdsample.c), else by repeating samples."""
+    across, down = scaling.subsampling
+    smallest = DCT_SIZE // scaling.scale
+    size = smallest
+    while size < DCT_SIZE and (across * smallest) % (2 * size) == 0 and (down * smallest) % (2 * size) == 0:
+        size *= 2
+    planes = nnf.avg_pool2d(chroma_planes(chroma, across, down)[None], DCT_SIZE // size, ceil_mode=True)[0]
+    up_across, up_down = across * smallest // size, down * smallest // size
+    if (up_across, up_down) == (1, 1):
+        return planes
+    planes = torch.floor(planes + 0.5).clamp(0, 255)
+    if (up_across, up_down) == (2, 1) and smallest > 1:
+        return triangle_upsample_across(planes)
+    return planes.repeat_interleave(up_down, dim=-2).repeat_interleave(up_across, dim=-1)
+
+
+def chroma_planes(chroma: torch.Tensor, across: int, down: int) -> torch.Tensor:
+    """A full decode's (2, h, w) Cb and Cr back at the JPEG's chroma resolution: the means over each chroma
+    sample's luma pixels, less the spread of libjpeg's triangle upsampling along each axis subsampled by two
+    (its 3/4, 1/4 weights leave a pair's mean at c + (c[-1] - 2c + c[+1]) / 8; one step of inversion)."""
+    means = nnf.avg_pool2d(chroma[None], (down, across), ceil_mode=True)[0]
+    for axis, factor in ((-1, across), (-2, down)):
+        if factor == 2:
+            means = means - second_difference(means, axis) / 8
+    return means
+
+
+def second_difference(planes: torch.Tensor, axis: int) -> torch.Tensor:
+    """c[-1] - 2c + c[+1] along `axis` (-1 or -2) of (k, h, w) planes, the edge samples repeated."""
+    padded = nnf.pad(planes[None], (1, 1, 0, 0) if axis == -1 else (0, 0, 1, 1), mode="replicate")[0]
+    before, after = padded.narrow(axis, 0, planes.shape[axis]), padded.narrow(axis, 2, planes.shape[axis])
+    return before - 2 * planes + after
+
+
+def triangle_upsample_across(planes: torch.Tensor) -> torch.Tensor:
+    """libjpeg-turbo's h2v1 fancy upsampling of (k, h, w) integer samples: each sample becomes two, 3/4 of it and
+    1/4 of its neighbour on that side, rounded alternately down and up; the outermost outputs are the samples."""
+    padded = nnf.pad(planes[None], (1, 1, 0, 0), mode="replicate")[0]
+    left = torch.floor((3 * planes + padded[..., :-2] + 1) / 4)
+    right = torch.floor((3 * planes + padded[..., 2:] + 2) / 4)
+    return torch.stack([left, right], dim=-1).flatten(-2)
 
 
 def pillow_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -190,15 +270,19 @@ def decode_on_device(payloads: Sequence[bytes], device: torch.device) -> list[to
 
 
 def chunk_views(
-    payloads: Sequence[bytes], device: torch.device, crops: bool = True, scales: Sequence[int] | None = None
+    payloads: Sequence[bytes],
+    device: torch.device,
+    crops: bool = True,
+    scalings: Sequence[DctScaling] | None = None,
 ) -> list[Views | None]:
     """Views on `device` of JPEGs that `takes_device_path` admitted, decoded together (`pixel_chunks` bounds how
-    many pixels that is); None for a JPEG the device could not decode. `scales`: the DCT scale the CPU path
-    decodes each at (`device_whole_view`), 1 for all unless given."""
+    many pixels that is); None for a JPEG the device could not decode. `scalings`: how the CPU path decodes each
+    (`device_whole_view`), at full size unless given."""
     decoded = decode_on_device(payloads, device)
-    scales = scales or [1] * len(payloads)
+    scalings = scalings or [FULL_DECODE] * len(payloads)
     wholes = [
-        None if image is None else device_whole_view(image, scale) for image, scale in zip(decoded, scales, strict=True)
+        None if image is None else device_whole_view(image, scaling)
+        for image, scaling in zip(decoded, scalings, strict=True)
     ]
     made = [whole for whole in wholes if whole is not None]
     # One transfer for all the chunk's whole views: the crop boxes are chosen on the host, by preprocessing's rule.

@@ -25,13 +25,14 @@ from detector.device_path import (
     DECODE_CHUNK_PIXELS,
     autocast,
     chunk_views,
+    dct_scaling,
     pixel_chunks,
     takes_device_path,
     to_device,
 )
 from detector.explain import GradCamExplainer, explanation_body
 from detector.model import LABELS, is_corrupted, load_model
-from detector.preprocessing import Views, cheap_decode_scale, opened_to_views
+from detector.preprocessing import Views, opened_to_views
 
 
 @dataclass(frozen=True)
@@ -234,8 +235,8 @@ class CorruptionDetector:
         ):
             indices = [batch[position] for position in chunk]
             start = time.perf_counter()
-            scales = [cheap_decode_scale(opened[index][0], self.crops) for index in indices]
-            made = chunk_views([payloads[index] for index in indices], self.device, self.crops, scales)
+            scalings = [dct_scaling(opened[index][0], self.crops) for index in indices]
+            made = chunk_views([payloads[index] for index in indices], self.device, self.crops, scalings)
             share = (time.perf_counter() - start) / len(indices)
             for index, views in zip(indices, made, strict=True):
                 image, seconds = opened[index]

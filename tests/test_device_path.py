@@ -9,14 +9,18 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from bench import gpu
 from bench.inputs import bad_images, encode, good_images
-from detector.decoding import open_image
+from detector.decoding import chroma_subsampling, open_image
 from detector.device_path import (
     PRECISIONS,
     PROBABILITY_TOLERANCE,
+    DctScaling,
     chunk_views,
+    dct_reduce,
+    dct_scaling,
     device_whole_view,
     pixel_chunks,
     takes_device_path,
@@ -26,7 +30,6 @@ from detector.model import build_model, save_checkpoint
 from detector.preprocessing import (
     Views,
     box_detail,
-    cheap_decode_scale,
     detail_map,
     image_bytes_to_views,
     image_to_views,
@@ -97,23 +100,49 @@ def test_a_jpeg_without_its_end_marker_stays_on_the_cpu_path(jpegs):
 
 def test_device_views_have_the_cpu_paths_shapes_and_boxes(jpegs):
     names = list(jpegs)
-    scales = [cheap_decode_scale(open_image(jpegs[name]), crops=True) for name in names]
-    made = chunk_views([jpegs[name] for name in names], CPU, scales=scales)
-    for name, scale, views in zip(names, scales, made, strict=True):
+    scalings = [dct_scaling(open_image(jpegs[name]), crops=True) for name in names]
+    made = chunk_views([jpegs[name] for name in names], CPU, scalings=scalings)
+    for name, (scale, _), views in zip(names, scalings, made, strict=True):
         expected = image_bytes_to_views(jpegs[name])
         assert views.size == expected.size, name
         assert views.whole.shape == expected.whole.shape and views.whole.dtype == torch.uint8, name
         assert views.crops.shape == expected.crops.shape, name
         assert_same_boxes_but_near_ties(views, expected, name)
         # Decoded whole (libjpeg-turbo on both paths here), the view is Pillow's bit for bit; decoded DCT-scaled by
-        # the CPU path, block means stand in for libjpeg's reduced inverse DCT (coffee and astronaut: 0.2 grey levels
-        # apart on average, 0.35 and 0.3 without the reduce). Crops are the decoded pixels.
+        # the CPU path, the device reduces its full decode as libjpeg would have (coffee 0.22, astronaut 0.17 grey
+        # levels apart on average; 0.35 and 0.30 without the reduce). Crops are the decoded pixels.
         difference = (views.whole.float() - expected.whole.float()).abs().mean()
         assert difference == 0 if scale == 1 else difference < 0.25, (name, scale, difference)
         for box, crop in zip(views.boxes, views.crops, strict=True):
             if box in expected.boxes:
                 same = expected.crops[expected.boxes.index(box)]
                 assert (crop.float() - same.float()).abs().mean() < 1.0, (name, box)
+
+
+# Pillow's JPEG `subsampling`: 4:4:4, 4:2:2, 4:2:0.
+SUBSAMPLINGS = {0: (1, 1), 1: (2, 1), 2: (2, 2)}
+
+
+@pytest.mark.parametrize("subsampling", SUBSAMPLINGS)
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_the_device_reduces_a_full_decode_as_libjpeg_scales_it(subsampling, scale):
+    """libjpeg's DCT-scaled decode (Pillow's draft, the CPU path's) against `dct_reduce` of the full decode: within
+    rounding of it (0.20-0.34 grey levels on average here), and for subsampled chroma closer than the plain block
+    means that stood in for it (4:2:2 at 1/8: 1.66 apart, reduced as libjpeg reduces it 0.21)."""
+    image = photo("scikit-image--coffee").resize((1203, 797))  # odd sizes: blocks cut at the edges
+    data = encode(image, "JPEG", quality=90, subsampling=subsampling)
+    opened = open_image(data)
+    assert chroma_subsampling(opened) == SUBSAMPLINGS[subsampling]
+    opened.draft("RGB", (opened.width // scale, opened.height // scale))
+    libjpeg = F.pil_to_tensor(opened.convert("RGB")).float()
+    full = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    reduced = dct_reduce(full, DctScaling(scale, SUBSAMPLINGS[subsampling]))
+    block_means = dct_reduce(full, DctScaling(scale))
+    assert reduced.shape == libjpeg.shape
+    error = (reduced.float() - libjpeg).abs().mean()
+    assert error < 0.36, error
+    if subsampling:
+        assert error < (block_means.float() - libjpeg).abs().mean()
 
 
 def assert_same_boxes_but_near_ties(views: Views, expected: Views, name: str) -> None:
