@@ -130,9 +130,10 @@ def dct_reduce(decoded: torch.Tensor, scaling: DctScaling) -> torch.Tensor:
     (`reduced_chroma`). The samples are then rounded and converted to RGB as libjpeg does it. The last row and
     column of blocks are over the pixels they have (libjpeg rounds its size up). What cannot be matched: the full
     decode's pixels were rounded before they were averaged."""
-    ycc = torch.einsum("ij,jhw->ihw", RGB_TO_YCC.to(decoded.device), decoded.float())
+    ycc = torch.einsum("ij,jhw->ihw", RGB_TO_YCC.to(decoded.device), decoded.float())  # the one float copy
+    ycc[1:] += CHROMA_CENTRE
     luma = nnf.avg_pool2d(ycc[None, :1], scaling.scale, ceil_mode=True)[0]
-    chroma = reduced_chroma(ycc[1:] + CHROMA_CENTRE, scaling)[:, : luma.shape[-2], : luma.shape[-1]]
+    chroma = reduced_chroma(ycc[1:], scaling)[:, : luma.shape[-2], : luma.shape[-1]]
     # libjpeg converts rounded samples, each colour's chroma term rounded once (jdcolor.c's tables).
     luma, chroma = (torch.floor(samples + 0.5).clamp(0, 255) for samples in (luma, chroma))
     terms = torch.einsum("ij,jhw->ihw", CHROMA_TO_RGB.to(decoded.device), chroma - CHROMA_CENTRE)
