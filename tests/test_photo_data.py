@@ -22,6 +22,7 @@ from training.photo_data import (
     check_split_by_group,
     clean_variants,
     corrupt_or_not,
+    group_draw_weights,
     load_split,
     photo_group,
     photo_sizes,
@@ -145,3 +146,16 @@ def test_splits_load_only_from_a_corpus_split_by_source_less_a_folds_group(tmp_p
     (tmp_path / "manifest.json").write_text(json.dumps([asdict(p) for p in [*photos, built("d", "test", "p")]]))
     with pytest.raises(SharedSourceError):
         load_split(tmp_path, "val")
+
+
+def test_a_groups_share_of_photo_draws_goes_as_its_photos_to_the_exponent():
+    photos = [built(f"big{i}", "train", "big") for i in range(9)] + [built("alone", "train", "small")]
+    assert group_draw_weights(photos, 1.0) is None  # per photo: plain uniform draws, as before
+    for exponent, big_share in ((0.0, 1 / 2), (0.5, 3 / 4)):
+        weights = group_draw_weights(photos, exponent)
+        assert weights.sum() == pytest.approx(1.0)
+        assert weights[:9].sum() == pytest.approx(big_share) and len(set(weights[:9])) == 1
+    images = [torch.zeros(3, 8, 8, dtype=torch.uint8)] * len(photos)
+    balanced = PhotoSet(images, images, group_draw_weights(photos, 0.0))
+    draws = [balanced.draw(sample_rng(0, 0, index)) for index in range(2000)]
+    assert 0.45 < draws.count(9) / len(draws) < 0.55  # the one photo of its group: half the draws, not a tenth

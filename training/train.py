@@ -120,6 +120,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=MIN_SEVERITY,
         help=f"corrupted samples draw their severity from [this, {SEVERITIES[-1]}] (1 is subtle, 3 plainly visible)",
     )
+    parser.add_argument(
+        "--group-exponent",
+        type=float,
+        default=1.0,
+        help="a source group's share of photo draws goes as its photos to this power (1: per photo, 0: per group)",
+    )
     parser.add_argument("--target-fpr", type=float, default=0.015, help="validation clean false-positive rate")
     parser.add_argument("--calibration-samples", type=int, default=SAMPLES, help="per view kind, for temperatures")
     parser.add_argument("--seed", type=int, default=0)
@@ -407,7 +413,7 @@ def main(argv: list[str] | None = None) -> None:
     budget = Budget(args, state["elapsed"] if state else 0.0)
 
     train_photos = load_split(args.photos, "train", args.exclude_groups)
-    photos = PhotoSet.load(str(args.photos), train_photos)
+    photos = PhotoSet.load(str(args.photos), train_photos, args.group_exponent)
     cifar_train, cifar_val = cifar_images(args)
     sources = streams(args, photos, cifar_train, args.seed + 1000 * rank, step)
     if rank == 0:
