@@ -104,8 +104,8 @@ def torch_seed(rng: np.random.Generator) -> int:
 def group_draw_weights(photos: Sequence[BuiltPhoto], exponent: float) -> np.ndarray | None:
     """Each photo's chance of being drawn when a source group's share of the draws goes as its number of photos
     to the power `exponent`: 1 draws every photo alike (None: plain uniform draws), 0 every group alike, 0.5 in
-    between. Three of the training corpus's 81 groups hold 104 of its 269 photos; drawn per photo, their sources
-    weigh as much as the 48 groups of one photo together."""
+    between. Three of the training corpus's 81 groups hold 104 of its 269 photos; drawn per photo, those three sources
+    get twice the draws of its 48 groups of one photo together."""
     if exponent == 1:
         return None
     sizes = Counter(photo_group(photo) for photo in photos)
