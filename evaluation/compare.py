@@ -1,0 +1,132 @@
+"""How sure a difference between two models is: saved photo scores compared on the held-out cases, with intervals
+from resampling source groups.
+
+    python -m evaluation.compare --model weights/model.pt --model checkpoints/arm/model.pt \
+        v4=data/v4-scores.json arm=data/arm-scores.json
+
+An ablation's arms are scored on the same cases (`evaluation.evaluate --save-scores`), but the held-out test has
+only 14 source groups, and photos of one source fail together: a 0.004 lead in AUROC may be one group's luck.
+Resampling the groups with replacement (a cluster bootstrap) gives each model's AUROC and right (balanced, at its
+own P > 0.5) a 95% interval, and each model's difference from the first one a paired interval: the same draws
+of groups for every model. The cases are the held-out groups of every model given (`--model`: none of them
+learnt from or was calibrated on a photo of those groups), clean and visible damage (severities 3-5).
+"""
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from detector.corruptions import VISIBLE_SEVERITIES
+from evaluation.metrics import balanced_accuracy
+from evaluation.photo_eval import HELD_OUT, CaseSet, PhotoCase, model_photos, photo_sources
+from training.corpus import SPLITS, load_built
+
+DRAWS = 2000
+LEVEL = 0.95
+
+
+def metrics(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(AUROC, right balanced at P > 0.5) of corrupted (1) against clean (0) cases."""
+    flagged = scores > 0.5
+    right = balanced_accuracy(float(flagged[labels == 0].mean()), float(flagged[labels == 1].mean()))
+    return float(roc_auc_score(labels, scores)), right
+
+
+def group_draws(groups: Sequence[str], draws: int, seed: int) -> list[np.ndarray]:
+    """Case indices of each draw: as many groups as there are, drawn with replacement, each with all its cases."""
+    names = sorted(set(groups))
+    members = {name: np.flatnonzero(np.asarray(groups) == name) for name in names}
+    rng = np.random.default_rng(seed)
+    return [np.concatenate([members[names[i]] for i in rng.integers(0, len(names), len(names))]) for _ in range(draws)]
+
+
+def interval(values: Sequence[float]) -> tuple[float, float]:
+    """The central LEVEL interval of bootstrap values (draws that held one class only, NaN, left out)."""
+    finite = np.asarray(values)[np.isfinite(values)]
+    tail = (1 - LEVEL) / 2 * 100
+    return float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))
+
+
+def compare(
+    cases: Sequence[PhotoCase], groups: Sequence[str], scores: dict[str, dict[str, float]], draws: int, seed: int = 0
+) -> dict[str, dict]:
+    """Each model's AUROC and right with intervals, and its paired difference from the first model's."""
+    labels = np.array([case.label for case in cases])
+    values = {name: np.array([score[case.id] for case in cases]) for name, score in scores.items()}
+    samples = {name: [] for name in values}
+    for chosen in group_draws(groups, draws, seed):
+        for name, score in values.items():
+            one_class = labels[chosen].min() == labels[chosen].max()
+            samples[name].append((np.nan, np.nan) if one_class else metrics(labels[chosen], score[chosen]))
+    reference = np.array(samples[next(iter(values))])
+    results = {}
+    for name, score in values.items():
+        drawn = np.array(samples[name])
+        difference = drawn - reference
+        auroc, right = metrics(labels, score)
+        results[name] = {
+            "auroc": auroc,
+            "auroc_interval": interval(drawn[:, 0]),
+            "right": right,
+            "right_interval": interval(drawn[:, 1]),
+            "auroc_difference_interval": interval(difference[:, 0]),
+            "right_difference_interval": interval(difference[:, 1]),
+            "auroc_ahead_share": float(np.mean(difference[np.isfinite(difference[:, 0]), 0] > 0)),
+        }
+    return results
+
+
+def held_out_cases(cases_folder: Path, photos: Path, models: Sequence[Path]) -> tuple[list[PhotoCase], list[str]]:
+    """The clean and visible-damage cases of the groups no model given saw, and each case's group."""
+    corpus = [photo for split in SPLITS for photo in load_built(photos, split)]
+    sources = [photo_sources(corpus, model_photos(model, corpus)) for model in models]
+    chosen = [
+        case
+        for case in CaseSet(cases_folder).cases()
+        if (case.label == 0 or case.severity in VISIBLE_SEVERITIES)
+        and all(source[case.photo].seen == HELD_OUT for source in sources)
+    ]
+    return chosen, [sources[0][case.photo].group for case in chosen]
+
+
+def table(results: dict[str, dict], groups: int, cases: int, draws: int) -> str:
+    """The comparison as a Markdown table."""
+    first = next(iter(results))
+    lines = [
+        f"{cases} held-out cases of {groups} source groups; {LEVEL:.0%} intervals from {draws} group resamples",
+        "",
+        f"| model | AUROC | right (balanced) | AUROC minus {first}'s | right minus {first}'s | draws AUROC ahead |",
+        "|---|---|---|---|---|---:|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['auroc']:.3f} ({r['auroc_interval'][0]:.3f}-{r['auroc_interval'][1]:.3f}) "
+            f"| {r['right']:.1%} ({r['right_interval'][0]:.1%}-{r['right_interval'][1]:.1%}) "
+            f"| {r['auroc_difference_interval'][0]:+.3f} to {r['auroc_difference_interval'][1]:+.3f} "
+            f"| {r['right_difference_interval'][0]:+.1%} to {r['right_difference_interval'][1]:+.1%} "
+            f"| {r['auroc_ahead_share']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scores", nargs="+", help="NAME=FILE.json (evaluate --save-scores); the first is the reference")
+    parser.add_argument(
+        "--model", type=Path, action="append", required=True, help="a compared checkpoint (repeat): what it saw"
+    )
+    parser.add_argument("--cases", type=Path, default=Path("data/eval-cases/test"), help="the scored case folder")
+    parser.add_argument("--photos", type=Path, default=Path("data/photos"), help="the corpus (make photos)")
+    parser.add_argument("--draws", type=int, default=DRAWS)
+    args = parser.parse_args(argv)
+    cases, groups = held_out_cases(args.cases, args.photos, args.model)
+    scores = {name: json.loads(Path(file).read_text()) for name, file in (spec.split("=", 1) for spec in args.scores)}
+    print(table(compare(cases, groups, scores, args.draws), len(set(groups)), len(cases), args.draws))
+
+
+if __name__ == "__main__":
+    main()
