@@ -18,56 +18,28 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from detector.corruptions import VISIBLE_SEVERITIES
-from evaluation.metrics import balanced_accuracy
+from detector.model import is_corrupted
+from evaluation.metrics import BOOTSTRAP_DRAWS, INTERVAL_LEVEL, auroc_and_right, group_bootstrap, interval
 from evaluation.photo_eval import HELD_OUT, CaseSet, PhotoCase, model_photos, photo_sources
 from training.corpus import SPLITS, load_built
 
-DRAWS = 2000
-LEVEL = 0.95
-
-
-def metrics(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """(AUROC, right balanced at P > 0.5) of corrupted (1) against clean (0) cases."""
-    flagged = scores > 0.5
-    right = balanced_accuracy(float(flagged[labels == 0].mean()), float(flagged[labels == 1].mean()))
-    return float(roc_auc_score(labels, scores)), right
-
-
-def group_draws(groups: Sequence[str], draws: int, seed: int) -> list[np.ndarray]:
-    """Case indices of each draw: as many groups as there are, drawn with replacement, each with all its cases."""
-    names = sorted(set(groups))
-    members = {name: np.flatnonzero(np.asarray(groups) == name) for name in names}
-    rng = np.random.default_rng(seed)
-    return [np.concatenate([members[names[i]] for i in rng.integers(0, len(names), len(names))]) for _ in range(draws)]
-
-
-def interval(values: Sequence[float]) -> tuple[float, float]:
-    """The central LEVEL interval of bootstrap values (draws that held one class only, NaN, left out)."""
-    finite = np.asarray(values)[np.isfinite(values)]
-    tail = (1 - LEVEL) / 2 * 100
-    return float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))
-
 
 def compare(
-    cases: Sequence[PhotoCase], groups: Sequence[str], scores: dict[str, dict[str, float]], draws: int, seed: int = 0
+    cases: Sequence[PhotoCase], groups: Sequence[str], scores: dict[str, dict[str, float]], draws: int
 ) -> dict[str, dict]:
-    """Each model's AUROC and right with intervals, and its paired difference from the first model's."""
+    """Each model's AUROC and right (at the API's decision) with intervals, and its paired difference from the
+    first model's: every model is resampled with the same draws of groups."""
     labels = np.array([case.label for case in cases])
-    values = {name: np.array([score[case.id] for case in cases]) for name, score in scores.items()}
-    samples = {name: [] for name in values}
-    for chosen in group_draws(groups, draws, seed):
-        for name, score in values.items():
-            one_class = labels[chosen].min() == labels[chosen].max()
-            samples[name].append((np.nan, np.nan) if one_class else metrics(labels[chosen], score[chosen]))
-    reference = np.array(samples[next(iter(values))])
-    results = {}
-    for name, score in values.items():
-        drawn = np.array(samples[name])
+    results, reference = {}, None
+    for name, score in scores.items():
+        values = np.array([score[case.id] for case in cases])
+        flagged = is_corrupted(values)
+        drawn = group_bootstrap(labels, values, flagged, groups, draws)
+        reference = drawn if reference is None else reference
         difference = drawn - reference
-        auroc, right = metrics(labels, score)
+        auroc, right = auroc_and_right(labels, values, flagged)
         results[name] = {
             "auroc": auroc,
             "auroc_interval": interval(drawn[:, 0]),
@@ -97,7 +69,7 @@ def table(results: dict[str, dict], groups: int, cases: int, draws: int) -> str:
     """The comparison as a Markdown table."""
     first = next(iter(results))
     lines = [
-        f"{cases} held-out cases of {groups} source groups; {LEVEL:.0%} intervals from {draws} group resamples",
+        f"{cases} held-out cases of {groups} source groups; {INTERVAL_LEVEL:.0%} intervals, {draws} group resamples",
         "",
         f"| model | AUROC | right (balanced) | AUROC minus {first}'s | right minus {first}'s | draws AUROC ahead |",
         "|---|---|---|---|---|---:|",
@@ -121,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--cases", type=Path, default=Path("data/eval-cases/test"), help="the scored case folder")
     parser.add_argument("--photos", type=Path, default=Path("data/photos"), help="the corpus (make photos)")
-    parser.add_argument("--draws", type=int, default=DRAWS)
+    parser.add_argument("--draws", type=int, default=BOOTSTRAP_DRAWS)
     args = parser.parse_args(argv)
     cases, groups = held_out_cases(args.cases, args.photos, args.model)
     scores = {name: json.loads(Path(file).read_text()) for name, file in (spec.split("=", 1) for spec in args.scores)}

@@ -3,10 +3,15 @@
 Light enough to validate every training epoch (training/train.py) and to calibrate
 (training/calibrate.py); the evaluation adds its report on top. A sample is called
 corrupted by the API's own rule, `detector.model.is_corrupted`.
+
+Photos of one source fail together, so a figure over a few source groups is uncertain by more than its number of
+images suggests: `group_bootstrap` resamples whole groups (a cluster bootstrap) for its intervals.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader, Dataset
@@ -58,6 +63,43 @@ def score(
 def balanced_accuracy(clean_flagged: float, damage_caught: float) -> float:
     """Right on clean images and on damaged ones, the two weighted equally, however many there are of each."""
     return (1 - clean_flagged + damage_caught) / 2
+
+
+BOOTSTRAP_DRAWS = 2000
+INTERVAL_LEVEL = 0.95
+
+
+def group_resamples(groups: Sequence[str], draws: int, seed: int = 0) -> list[np.ndarray]:
+    """Case indices of each draw: as many groups as there are, drawn with replacement, each with all its cases.
+    The same groups and seed give the same draws, so models scored on the same cases are compared paired."""
+    names = sorted(set(groups))
+    members = {name: np.flatnonzero(np.asarray(groups) == name) for name in names}
+    rng = np.random.default_rng(seed)
+    return [np.concatenate([members[names[i]] for i in rng.integers(0, len(names), len(names))]) for _ in range(draws)]
+
+
+def auroc_and_right(labels: np.ndarray, scores: np.ndarray, flagged: np.ndarray) -> tuple[float, float]:
+    """(AUROC, right balanced) of corrupted (1) against clean (0) cases; NaN for both if one class is missing."""
+    if labels.min() == labels.max():
+        return float("nan"), float("nan")
+    right = balanced_accuracy(float(flagged[labels == 0].mean()), float(flagged[labels == 1].mean()))
+    return float(roc_auc_score(labels, scores)), right
+
+
+def group_bootstrap(
+    labels: np.ndarray, scores: np.ndarray, flagged: np.ndarray, groups: Sequence[str], draws: int = BOOTSTRAP_DRAWS
+) -> np.ndarray:
+    """(draws, 2): AUROC and right (balanced) over each resample of the source groups (`group_resamples`)."""
+    return np.array([auroc_and_right(labels[i], scores[i], flagged[i]) for i in group_resamples(groups, draws)])
+
+
+def interval(values: np.ndarray) -> tuple[float, float]:
+    """The central INTERVAL_LEVEL interval of bootstrap values, draws that held one class only (NaN) left out."""
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return float("nan"), float("nan")
+    tail = (1 - INTERVAL_LEVEL) / 2 * 100
+    return float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))
 
 
 def _rate(mask: torch.Tensor, flagged: torch.Tensor) -> float:

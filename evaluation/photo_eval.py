@@ -57,7 +57,7 @@ from detector.decoding import decode_image
 from detector.inference import CorruptionDetector
 from detector.model import is_corrupted, lineage, read_checkpoint
 from evaluation.baseline import HeuristicBaseline, image_features
-from evaluation.metrics import balanced_accuracy
+from evaluation.metrics import balanced_accuracy, group_bootstrap, interval
 from training.corpus import BuiltPhoto
 from training.photo_data import (
     CLEAN_QUALITIES,
@@ -446,15 +446,31 @@ def photo_sources(corpus: Sequence[BuiltPhoto], seen: ModelPhotos) -> dict[str, 
     return {p.id: Source(groups_now[p.id], photo_tags(p), p.split, status(groups_now[p.id])) for p in corpus}
 
 
+def group_interval(cases: Sequence[PhotoCase], scorer: Scorer, sources: dict[str, Source], column: int) -> tuple:
+    """The interval of a scorer's AUROC (column 0) or right (1) on these cases over resamples of their source
+    groups (evaluation.metrics.group_bootstrap); NaN for no cases."""
+    if not cases:
+        return float("nan"), float("nan")
+    labels = np.array([c.label for c in cases])
+    scores = np.array([scorer.score[c.id] for c in cases])
+    flagged = np.array([bool(scorer.decide(score)) for score in scores])
+    return interval(group_bootstrap(labels, scores, flagged, [sources[c.photo].group for c in cases])[:, column])
+
+
 def brief(cases: Sequence[PhotoCase], scorer: Scorer, sources: dict[str, Source]) -> dict:
-    """The headline figures of one scorer on some cases: how many, right (balanced), clean flagged, caught."""
+    """The headline figures of one scorer on some cases: how many, right (balanced), clean flagged, caught, AUROC;
+    right and AUROC with their intervals over the cases' source groups, on the cases each counts."""
     summary = summarise(cases, scorer)
+    scored = [c for c in cases if c.id in scorer.score]
+    counted = [c for c in scored if c.label == 0 or c.severity in VISIBLE_SEVERITIES]
     return {
         "groups": len({sources[c.photo].group for c in cases}),
         "photos": len({c.photo for c in cases}),
         "cases": summary["cases"],
         "clean_cases": sum(c.label == 0 for c in cases),
         **{key: summary[key] for key in ("balanced_accuracy", "clean_fpr", "visible_detection", "auroc_all")},
+        "balanced_accuracy_interval": group_interval(counted, scorer, sources, 1),
+        "auroc_all_interval": group_interval(scored, scorer, sources, 0),
     }
 
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -17,6 +18,7 @@ from detector.corruptions import (
     VISIBLE_SEVERITY,
 )
 from evaluation.heldout import HELDOUT_KINDS, NEAREST_TRAINING_KIND
+from evaluation.metrics import BOOTSTRAP_DRAWS, INTERVAL_LEVEL
 from evaluation.photo_eval import BUCKETS, HELD_OUT
 
 CIFAR_KINDS = tuple(CIFAR_CORRUPTIONS)
@@ -46,6 +48,13 @@ def percent(value: float) -> str:
 
 def number(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def with_interval(value: float, bounds: tuple[float, float] | None, show: Callable[[float], str]) -> str:
+    """A figure and, where one was measured, its interval over source groups: "84.6% (82.1%-87.0%)"."""
+    if bounds is None or any(bound is None or math.isnan(bound) for bound in bounds):
+        return show(value)
+    return f"{show(value)} ({show(bounds[0])}-{show(bounds[1])})"
 
 
 def verdict(ok: bool) -> str:
@@ -204,12 +213,16 @@ def source_sections(photos: dict) -> list[str]:
         "| photos | groups | photos | images | right (balanced) | clean flagged | visible damage caught | AUROC |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
         *(
-            f"| {name} | {p['groups']} | {p['photos']} | {p['cases']} | {percent(p['balanced_accuracy'])} | "
-            f"{percent(p['clean_fpr'])} | {percent(p['visible_detection'])} | {number(p['auroc_all'])} |"
+            f"| {name} | {p['groups']} | {p['photos']} | {p['cases']} | "
+            f"{with_interval(p['balanced_accuracy'], p.get('balanced_accuracy_interval'), percent)} | "
+            f"{percent(p['clean_fpr'])} | {percent(p['visible_detection'])} | "
+            f"{with_interval(p['auroc_all'], p.get('auroc_all_interval'), number)} |"
             for name, p in photos["parts"].items()
         ),
         "",
-        f"Right (balanced): clean photos and visible damage (severities {VISIBLE}) weighted equally. "
+        f"Right (balanced): clean photos and visible damage (severities {VISIBLE}) weighted equally. In brackets: "
+        f"{INTERVAL_LEVEL:.0%} intervals from {BOOTSTRAP_DRAWS:,} resamples of the row's source groups (a source's "
+        "photos fail together; `python -m evaluation.compare` compares models the same way, paired). "
         f"{worst.capitalize()}{where}.",
         "",
         "### Every source group",

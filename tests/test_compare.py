@@ -6,7 +6,11 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from evaluation.compare import compare, group_draws, main
+from detector.model import is_corrupted
+from evaluation.compare import compare, main
+from evaluation.metrics import group_resamples
+from evaluation.photo_eval import HELD_OUT, Scorer, Source, brief
+from evaluation.report import number, percent, with_interval
 from tests.test_photo_eval import case
 
 GROUPS = ("a", "b", "c", "d")
@@ -33,7 +37,7 @@ def noisy_scores(cases: list, seed: int, separation: float) -> dict[str, float]:
 
 def test_a_draw_takes_every_case_of_the_groups_it_draws():
     _, groups = cases_of(GROUPS, per_group=3)
-    for chosen in group_draws(groups, draws=20, seed=0):
+    for chosen in group_resamples(groups, draws=20):
         assert len(chosen) == len(groups)  # four groups of six cases drawn, with replacement
         drawn = [groups[i] for i in chosen]
         assert all(drawn.count(name) % 6 == 0 for name in set(drawn))
@@ -80,5 +84,20 @@ def test_the_command_compares_only_groups_no_model_saw(trained, mini_corpus, tmp
     model = str(trained / "model.pt")
     main(["--cases", str(tmp_path / "cases"), "--photos", str(mini_corpus), "--model", model, f"m={tmp_path}/s.json"])
     output = capsys.readouterr().out
-    assert "2 held-out cases of 1 source groups" in output
+    assert "2 held-out cases of 1 source groups; 95% intervals" in output
     assert "| m | 1.000 (1.000-1.000) | 100.0% (100.0%-100.0%) |" in output
+
+
+def test_the_reports_headline_figures_carry_intervals_over_source_groups():
+    cases, _ = cases_of(GROUPS)
+    sources = {group: Source(group, (), "test", HELD_OUT) for group in GROUPS}
+    scorer = Scorer("detector", noisy_scores(cases, 2, 0.3), is_corrupted)
+    figures = brief(cases, scorer, sources)
+    low, high = figures["auroc_all_interval"]
+    assert low < figures["auroc_all"] < high and high - low > 0.01  # four groups: a real spread
+    low, high = figures["balanced_accuracy_interval"]
+    assert low <= figures["balanced_accuracy"] <= high
+    assert with_interval(0.846, (0.821, 0.87), percent) == "84.6% (82.1%-87.0%)"
+    assert with_interval(0.959, None, number) == "0.959"  # a results file from before intervals
+    one = brief(cases[:12], scorer, sources)  # group "a" alone: nothing to resample
+    assert one["auroc_all_interval"] == pytest.approx((one["auroc_all"],) * 2)
