@@ -458,17 +458,24 @@ def group_interval(cases: Sequence[PhotoCase], scorer: Scorer, sources: dict[str
 
 
 def brief(cases: Sequence[PhotoCase], scorer: Scorer, sources: dict[str, Source]) -> dict:
-    """The headline figures of one scorer on some cases: how many, right (balanced), clean flagged, caught, AUROC;
-    right and AUROC with their intervals over the cases' source groups, on the cases each counts."""
+    """The headline figures of one scorer on some cases: how many, right (balanced), clean flagged, caught, AUROC."""
     summary = summarise(cases, scorer)
-    scored = [c for c in cases if c.id in scorer.score]
-    counted = [c for c in scored if c.label == 0 or c.severity in VISIBLE_SEVERITIES]
     return {
         "groups": len({sources[c.photo].group for c in cases}),
         "photos": len({c.photo for c in cases}),
         "cases": summary["cases"],
         "clean_cases": sum(c.label == 0 for c in cases),
         **{key: summary[key] for key in ("balanced_accuracy", "clean_fpr", "visible_detection", "auroc_all")},
+    }
+
+
+def part_figures(cases: Sequence[PhotoCase], scorer: Scorer, sources: dict[str, Source]) -> dict:
+    """`brief` of a headline row (held-out sources, seen ones, the test split), right and AUROC with intervals
+    over the row's source groups, each on the cases it counts."""
+    scored = [c for c in cases if c.id in scorer.score]
+    counted = [c for c in scored if c.label == 0 or c.severity in VISIBLE_SEVERITIES]
+    return {
+        **brief(cases, scorer, sources),
         "balanced_accuracy_interval": group_interval(counted, scorer, sources, 1),
         "auroc_all_interval": group_interval(scored, scorer, sources, 0),
     }
@@ -566,7 +573,7 @@ def evaluate_photos(model: Scorer, cases: CaseSet, peer_scorers: Sequence[Scorer
     groups = by_group(listed, model, sources)
     return {
         "held_out": compare(held_out, [model, *peer_scorers]) if held_out else None,
-        "parts": {name: brief(part, model, sources) for name, part in parts.items() if part},
+        "parts": {name: part_figures(part, model, sources) for name, part in parts.items() if part},
         "groups": groups,
         "worst_group": worst_group(groups),
         "tags": by_tag(listed, model, sources),

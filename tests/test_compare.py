@@ -9,7 +9,7 @@ import pytest
 from detector.model import is_corrupted
 from evaluation.compare import compare, main
 from evaluation.metrics import group_resamples
-from evaluation.photo_eval import HELD_OUT, Scorer, Source, brief
+from evaluation.photo_eval import HELD_OUT, Scorer, Source, part_figures
 from evaluation.report import number, percent, with_interval
 from tests.test_photo_eval import case
 
@@ -92,12 +92,12 @@ def test_the_reports_headline_figures_carry_intervals_over_source_groups():
     cases, _ = cases_of(GROUPS)
     sources = {group: Source(group, (), "test", HELD_OUT) for group in GROUPS}
     scorer = Scorer("detector", noisy_scores(cases, 2, 0.3), is_corrupted)
-    figures = brief(cases, scorer, sources)
+    figures = part_figures(cases, scorer, sources)
     low, high = figures["auroc_all_interval"]
     assert low < figures["auroc_all"] < high and high - low > 0.01  # four groups: a real spread
     low, high = figures["balanced_accuracy_interval"]
     assert low <= figures["balanced_accuracy"] <= high
     assert with_interval(0.846, (0.821, 0.87), percent) == "84.6% (82.1%-87.0%)"
     assert with_interval(0.959, None, number) == "0.959"  # a results file from before intervals
-    one = brief(cases[:12], scorer, sources)  # group "a" alone: nothing to resample
+    one = part_figures(cases[:12], scorer, sources)  # group "a" alone: nothing to resample
     assert one["auroc_all_interval"] == pytest.approx((one["auroc_all"],) * 2)
