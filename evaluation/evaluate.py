@@ -19,6 +19,7 @@ default REPORTS is checkpoints/reports: the committed reports/ is regenerated on
 """
 
 import argparse
+import hashlib
 import json
 import shlex
 import sys
@@ -121,13 +122,21 @@ def evaluated_photos(corpus: list[BuiltPhoto], args: argparse.Namespace) -> tupl
     return "test", [p for p in corpus if p.split == "test"]
 
 
+def case_folder(scope: str, groups: list[str] | None) -> str:
+    """Where under --cases a scope's cases lie: its name, and for --groups one folder per set of groups, so two
+    sets are never written into one folder (by two runs at once, or rebuilt each time they alternate)."""
+    if scope != "groups":
+        return scope
+    return "groups-" + hashlib.sha256("\n".join(sorted(groups or ())).encode()).hexdigest()[:12]
+
+
 def evaluate_photo_corpus(detector: CorruptionDetector, args: argparse.Namespace) -> dict:
     """The photo evaluation, headlined on the sources the model never saw (validation photos only set BRISQUE's
     threshold; training photos fit the heuristic baseline)."""
     corpus = [photo for split in SPLITS for photo in load_built(args.photos, split)]
     seen = model_photos(args.model, corpus)
     scope, photos = evaluated_photos(corpus, args)
-    cases, val = CaseSet(args.cases / scope), CaseSet(args.cases / "val")
+    cases, val = CaseSet(args.cases / case_folder(scope, args.groups)), CaseSet(args.cases / "val")
     cases.build(photos[: args.photo_limit], args.photos, args.severities, args.buckets)
     model = Scorer("detector", model_scores(detector, cases), is_corrupted)
     if args.save_scores:

@@ -192,6 +192,12 @@ def test_evaluate_writes_the_photo_and_cifar_report(trained, mini_corpus, tmp_pa
     assert failed.value.code == 1, "a ten-step model meets no target: --check fails"
 
 
+def test_each_set_of_groups_keeps_its_cases_in_a_folder_of_its_own():
+    assert evaluate.case_folder("test", None) == "test" and evaluate.case_folder("all", None) == "all"
+    one, same, other = (evaluate.case_folder("groups", g) for g in (["a", "b"], ["b", "a"], ["a"]))
+    assert one == same and one != other and one.startswith("groups-")
+
+
 def test_a_group_is_seen_under_the_name_it_was_recorded_with_or_its_name_now():
     corpus = [
         built("a", "train", "kphotoalbum", group="kphotoalbum:Ann"),
