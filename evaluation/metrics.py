@@ -78,19 +78,33 @@ def group_resamples(groups: Sequence[str], draws: int, seed: int = 0) -> list[np
     return [np.concatenate([members[names[i]] for i in rng.integers(0, len(names), len(names))]) for _ in range(draws)]
 
 
-def auroc_and_right(labels: np.ndarray, scores: np.ndarray, flagged: np.ndarray) -> tuple[float, float]:
-    """(AUROC, right balanced) of corrupted (1) against clean (0) cases; NaN for both if one class is missing."""
+def auroc_and_right(
+    labels: np.ndarray, scores: np.ndarray, flagged: np.ndarray, counted: np.ndarray | None = None
+) -> tuple[float, float]:
+    """(AUROC, right balanced) of corrupted (1) against clean (0) cases, right over the `counted` ones only (the
+    visible damage and the clean; default all); NaN where a class is missing."""
     if labels.min() == labels.max():
         return float("nan"), float("nan")
-    right = balanced_accuracy(float(flagged[labels == 0].mean()), float(flagged[labels == 1].mean()))
+    damaged = (labels == 1) if counted is None else (labels == 1) & counted
+    clean_flagged = float(flagged[labels == 0].mean())
+    right = balanced_accuracy(clean_flagged, float(flagged[damaged].mean())) if damaged.any() else float("nan")
     return float(roc_auc_score(labels, scores)), right
 
 
 def group_bootstrap(
-    labels: np.ndarray, scores: np.ndarray, flagged: np.ndarray, groups: Sequence[str], draws: int = BOOTSTRAP_DRAWS
+    labels: np.ndarray,
+    scores: np.ndarray,
+    flagged: np.ndarray,
+    groups: Sequence[str],
+    draws: int = BOOTSTRAP_DRAWS,
+    counted: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(draws, 2): AUROC and right (balanced) over each resample of the source groups (`group_resamples`)."""
-    return np.array([auroc_and_right(labels[i], scores[i], flagged[i]) for i in group_resamples(groups, draws)])
+    """(draws, 2): AUROC and right (balanced, over `counted`) over each resample of the source groups
+    (`group_resamples`)."""
+    counted = np.ones(len(labels), bool) if counted is None else counted
+    return np.array(
+        [auroc_and_right(labels[i], scores[i], flagged[i], counted[i]) for i in group_resamples(groups, draws)]
+    )
 
 
 def interval(values: np.ndarray) -> tuple[float, float]:

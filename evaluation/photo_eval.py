@@ -446,15 +446,20 @@ def photo_sources(corpus: Sequence[BuiltPhoto], seen: ModelPhotos) -> dict[str, 
     return {p.id: Source(groups_now[p.id], photo_tags(p), p.split, status(groups_now[p.id])) for p in corpus}
 
 
-def group_interval(cases: Sequence[PhotoCase], scorer: Scorer, sources: dict[str, Source], column: int) -> tuple:
-    """The interval of a scorer's AUROC (column 0) or right (1) on these cases over resamples of their source
-    groups (evaluation.metrics.group_bootstrap); NaN for no cases."""
-    if not cases:
-        return float("nan"), float("nan")
-    labels = np.array([c.label for c in cases])
-    scores = np.array([scorer.score[c.id] for c in cases])
+def group_intervals(cases: Sequence[PhotoCase], scorer: Scorer, sources: dict[str, Source]) -> dict[str, tuple]:
+    """A scorer's AUROC (over every scored case) and right (over clean cases and visible damage) intervals over
+    resamples of the cases' source groups (evaluation.metrics.group_bootstrap), from one set of draws."""
+    scored = [c for c in cases if c.id in scorer.score]
+    if not scored:
+        nothing = (float("nan"), float("nan"))
+        return {"balanced_accuracy_interval": nothing, "auroc_all_interval": nothing}
+    labels = np.array([c.label for c in scored])
+    scores = np.array([scorer.score[c.id] for c in scored])
     flagged = np.array([bool(scorer.decide(score)) for score in scores])
-    return interval(group_bootstrap(labels, scores, flagged, [sources[c.photo].group for c in cases])[:, column])
+    counted = np.array([c.label == 0 or c.severity in VISIBLE_SEVERITIES for c in scored])
+    groups = [sources[c.photo].group for c in scored]
+    drawn = group_bootstrap(labels, scores, flagged, groups, counted=counted)
+    return {"balanced_accuracy_interval": interval(drawn[:, 1]), "auroc_all_interval": interval(drawn[:, 0])}
 
 
 def brief(cases: Sequence[PhotoCase], scorer: Scorer, sources: dict[str, Source]) -> dict:
@@ -470,15 +475,9 @@ def brief(cases: Sequence[PhotoCase], scorer: Scorer, sources: dict[str, Source]
 
 
 def part_figures(cases: Sequence[PhotoCase], scorer: Scorer, sources: dict[str, Source]) -> dict:
-    """`brief` of a headline row (held-out sources, seen ones, the test split), right and AUROC with intervals
-    over the row's source groups, each on the cases it counts."""
-    scored = [c for c in cases if c.id in scorer.score]
-    counted = [c for c in scored if c.label == 0 or c.severity in VISIBLE_SEVERITIES]
-    return {
-        **brief(cases, scorer, sources),
-        "balanced_accuracy_interval": group_interval(counted, scorer, sources, 1),
-        "auroc_all_interval": group_interval(scored, scorer, sources, 0),
-    }
+    """`brief` of a headline row (held-out sources, seen ones, the test split), with right and AUROC intervals
+    over the row's source groups."""
+    return {**brief(cases, scorer, sources), **group_intervals(cases, scorer, sources)}
 
 
 def by_group(cases: Sequence[PhotoCase], scorer: Scorer, sources: dict[str, Source]) -> dict[str, dict]:
