@@ -5,11 +5,12 @@ from resampling source groups.
         v4=data/v4-scores.json arm=data/arm-scores.json
 
 An ablation's arms are scored on the same cases (`evaluation.evaluate --save-scores`), but the held-out test has
-only 14 source groups, and photos of one source fail together: a 0.004 lead in AUROC may be one group's luck.
+only 25 source groups, and photos of one source fail together: a 0.004 lead in AUROC may be one group's luck.
 Resampling the groups with replacement (a cluster bootstrap) gives each model's AUROC and right (balanced, at its
 own P > 0.5) a 95% interval, and each model's difference from the first one a paired interval: the same draws
 of groups for every model. The cases are the held-out groups of every model given (`--model`: none of them
-learnt from or was calibrated on a photo of those groups), clean and visible damage (severities 3-5).
+learnt from or was calibrated on a photo of those groups), clean and visible damage (severities 3-5); `--groups`
+keeps some of them only (the groups an earlier arm was measured on, or those added after a decision was made).
 """
 
 import argparse
@@ -52,8 +53,11 @@ def compare(
     return results
 
 
-def held_out_cases(cases_folder: Path, photos: Path, models: Sequence[Path]) -> tuple[list[PhotoCase], list[str]]:
-    """The clean and visible-damage cases of the groups no model given saw, and each case's group."""
+def held_out_cases(
+    cases_folder: Path, photos: Path, models: Sequence[Path], groups: Sequence[str] | None = None
+) -> tuple[list[PhotoCase], list[str]]:
+    """The clean and visible-damage cases of the groups no model given saw (of `groups` only, where given), and
+    each case's group."""
     corpus = [photo for split in SPLITS for photo in load_built(photos, split)]
     sources = [photo_sources(corpus, model_photos(model, corpus)) for model in models]
     chosen = [
@@ -61,6 +65,7 @@ def held_out_cases(cases_folder: Path, photos: Path, models: Sequence[Path]) -> 
         for case in CaseSet(cases_folder).cases()
         if (case.label == 0 or case.severity in VISIBLE_SEVERITIES)
         and all(source[case.photo].seen == HELD_OUT for source in sources)
+        and (groups is None or sources[0][case.photo].group in groups)
     ]
     return chosen, [sources[0][case.photo].group for case in chosen]
 
@@ -94,8 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", type=Path, default=Path("data/eval-cases/test"), help="the scored case folder")
     parser.add_argument("--photos", type=Path, default=Path("data/photos"), help="the corpus (make photos)")
     parser.add_argument("--draws", type=int, default=BOOTSTRAP_DRAWS)
+    parser.add_argument("--groups", nargs="+", default=None, help="compare on these held-out source groups only")
     args = parser.parse_args(argv)
-    cases, groups = held_out_cases(args.cases, args.photos, args.model)
+    cases, groups = held_out_cases(args.cases, args.photos, args.model, args.groups)
+    if not cases:
+        parser.error("no held-out cases to compare: every group asked for was seen by a model, or has no cases")
     scores = {name: json.loads(Path(file).read_text()) for name, file in (spec.split("=", 1) for spec in args.scores)}
     print(table(compare(cases, groups, scores, args.draws), len(set(groups)), len(cases), args.draws))
 

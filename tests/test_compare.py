@@ -69,7 +69,8 @@ def test_a_model_better_on_every_group_is_ahead_in_every_draw():
 
 def test_the_command_compares_only_groups_no_model_saw(trained, mini_corpus, tmp_path, capsys):
     """The mini corpus's model learnt from scikit-image and was calibrated on scikit-learn: only matplotlib's
-    cases count, clean and visible damage alike; a seen photo's and a subtle one's are left out."""
+    cases count, clean and visible damage alike; a seen photo's and a subtle one's are left out, and `--groups`
+    cannot bring a seen group back."""
     held_out = [
         case("h-clean", 0, photo="matplotlib--grace-hopper"),
         case("h-blur", 1, "blur", 4, photo="matplotlib--grace-hopper"),
@@ -81,11 +82,17 @@ def test_the_command_compares_only_groups_no_model_saw(trained, mini_corpus, tmp
     (tmp_path / "cases" / "cases.json").write_text(json.dumps({"key": {}, "cases": [asdict(c) for c in listed]}))
     scores = {c.id: 0.9 * c.label for c in listed}
     (tmp_path / "s.json").write_text(json.dumps(scores))
-    model = str(trained / "model.pt")
-    main(["--cases", str(tmp_path / "cases"), "--photos", str(mini_corpus), "--model", model, f"m={tmp_path}/s.json"])
+    model, cases = str(trained / "model.pt"), str(tmp_path / "cases")
+    arguments = ["--cases", cases, "--photos", str(mini_corpus), "--model", model, f"m={tmp_path}/s.json"]
+    main(arguments)
     output = capsys.readouterr().out
     assert "2 held-out cases of 1 source groups; 95% intervals" in output
     assert "| m | 1.000 (1.000-1.000) | 100.0% (100.0%-100.0%) |" in output
+    main([*arguments, "--groups", "matplotlib", "scikit-image"])  # the held-out group kept, the seen one still out
+    assert "2 held-out cases of 1 source groups" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*arguments, "--groups", "scikit-image"])
+    assert "no held-out cases to compare" in capsys.readouterr().err
 
 
 def test_the_reports_headline_figures_carry_intervals_over_source_groups():
