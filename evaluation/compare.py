@@ -11,6 +11,8 @@ own P > 0.5) a 95% interval, and each model's difference from the first one a pa
 of groups for every model. The cases are the held-out groups of every model given (`--model`: none of them
 learnt from or was calibrated on a photo of those groups), clean and visible damage (severities 3-5); `--groups`
 keeps some of them only (the groups an earlier arm was measured on, or those added after a decision was made).
+Models whose operating points differ are compared at one with `--flagged`: the damage each catches above the score
+that flags that share of the held-out clean cases themselves (post hoc: a comparison, never a way to choose one).
 """
 
 import argparse
@@ -27,11 +29,22 @@ from evaluation.photo_eval import HELD_OUT, CaseSet, PhotoCase, model_photos, ph
 from training.corpus import SPLITS, load_built
 
 
+def caught_at_flagged(labels: np.ndarray, values: np.ndarray, share: float) -> float:
+    """The share of damaged cases scored above the score that flags `share` of the clean cases."""
+    threshold = np.quantile(values[labels == 0], 1 - share)
+    return float(np.mean(values[labels == 1] > threshold))
+
+
 def compare(
-    cases: Sequence[PhotoCase], groups: Sequence[str], scores: dict[str, dict[str, float]], draws: int
+    cases: Sequence[PhotoCase],
+    groups: Sequence[str],
+    scores: dict[str, dict[str, float]],
+    draws: int,
+    shares_flagged: Sequence[float] = (),
 ) -> dict[str, dict]:
-    """Each model's AUROC and right (at the API's decision) with intervals, and its paired difference from the
-    first model's: every model is resampled with the same draws of groups."""
+    """Each model's AUROC and right (at the API's decision) with intervals, its paired difference from the first
+    model's (every model is resampled with the same draws of groups), and the damage it catches at each of
+    `shares_flagged` of the clean cases."""
     labels = np.array([case.label for case in cases])
     results, reference = {}, None
     for name, score in scores.items():
@@ -49,6 +62,7 @@ def compare(
             "auroc_difference_interval": interval(difference[:, 0]),
             "right_difference_interval": interval(difference[:, 1]),
             "auroc_ahead_share": float(np.mean(difference[np.isfinite(difference[:, 0]), 0] > 0)),
+            "caught_at_flagged": {share: caught_at_flagged(labels, values, share) for share in shares_flagged},
         }
     return results
 
@@ -87,6 +101,17 @@ def table(results: dict[str, dict], groups: int, cases: int, draws: int) -> str:
             f"| {r['right_difference_interval'][0]:+.1%} to {r['right_difference_interval'][1]:+.1%} "
             f"| {r['auroc_ahead_share']:.0%} |"
         )
+    shares = list(results[first]["caught_at_flagged"])
+    if shares:
+        lines += [
+            "",
+            "Visible damage caught at the same share of held-out clean cases flagged (post hoc: comparison only)",
+            "",
+            "| model | " + " | ".join(f"{share:.1%} flagged" for share in shares) + " |",
+            "|---|" + "---:|" * len(shares),
+        ]
+        for name, r in results.items():
+            lines.append(f"| {name} | " + " | ".join(f"{r['caught_at_flagged'][s]:.1%}" for s in shares) + " |")
     return "\n".join(lines)
 
 
@@ -100,12 +125,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--photos", type=Path, default=Path("data/photos"), help="the corpus (make photos)")
     parser.add_argument("--draws", type=int, default=BOOTSTRAP_DRAWS)
     parser.add_argument("--groups", nargs="+", default=None, help="compare on these held-out source groups only")
+    parser.add_argument(
+        "--flagged", type=float, nargs="+", default=(), help="also: damage caught where this share of clean is flagged"
+    )
     args = parser.parse_args(argv)
     cases, groups = held_out_cases(args.cases, args.photos, args.model, args.groups)
     if not cases:
         parser.error("no held-out cases to compare: every group asked for was seen by a model, or has no cases")
     scores = {name: json.loads(Path(file).read_text()) for name, file in (spec.split("=", 1) for spec in args.scores)}
-    print(table(compare(cases, groups, scores, args.draws), len(set(groups)), len(cases), args.draws))
+    results = compare(cases, groups, scores, args.draws, args.flagged)
+    print(table(results, len(set(groups)), len(cases), args.draws))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from detector.model import is_corrupted
-from evaluation.compare import compare, main
+from evaluation.compare import caught_at_flagged, compare, main, table
 from evaluation.metrics import group_resamples
 from evaluation.photo_eval import HELD_OUT, Scorer, Source, part_figures
 from evaluation.report import number, percent, with_interval
@@ -50,6 +50,19 @@ def test_a_model_against_itself_differs_by_nothing():
     assert results["same"]["auroc_difference_interval"] == (0.0, 0.0)
     assert results["same"]["right_difference_interval"] == (0.0, 0.0)
     assert results["same"]["auroc_ahead_share"] == 0.0
+
+
+def test_models_are_compared_at_the_same_share_of_clean_cases_flagged():
+    labels = np.array([0, 0, 0, 0, 0, 1, 1])
+    values = np.array([0.1, 0.2, 0.3, 0.4, 0.9, 0.35, 0.5])
+    assert caught_at_flagged(labels, values, 0.2) == 0.0  # above 0.8, where one clean case in five lies
+    assert caught_at_flagged(labels, values, 0.4) == 1.0  # above 0.32
+    cases, groups = cases_of(GROUPS)
+    weak, strong = noisy_scores(cases, 1, 0.1), noisy_scores(cases, 1, 0.5)
+    results = compare(cases, groups, {"weak": weak, "strong": strong}, draws=20, shares_flagged=(0.05, 0.25))
+    assert results["strong"]["caught_at_flagged"][0.05] > results["weak"]["caught_at_flagged"][0.05]
+    lines = table(results, len(GROUPS), len(cases), 20).splitlines()
+    assert "| model | 5.0% flagged | 25.0% flagged |" in lines
 
 
 def test_one_group_leaves_nothing_to_resample():
