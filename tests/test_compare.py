@@ -55,8 +55,8 @@ def test_a_model_against_itself_differs_by_nothing():
 def test_models_are_compared_at_the_same_share_of_clean_cases_flagged():
     labels = np.array([0, 0, 0, 0, 0, 1, 1])
     values = np.array([0.1, 0.2, 0.3, 0.4, 0.9, 0.35, 0.5])
-    assert caught_at_flagged(labels, values, 0.2) == 0.0  # above 0.8, where one clean case in five lies
-    assert caught_at_flagged(labels, values, 0.4) == 1.0  # above 0.32
+    assert caught_at_flagged(labels, values, 0.2) == 0.0  # above 0.5 (interpolated): one clean case in five
+    assert caught_at_flagged(labels, values, 0.4) == 1.0  # above 0.34: two in five
     cases, groups = cases_of(GROUPS)
     weak, strong = noisy_scores(cases, 1, 0.1), noisy_scores(cases, 1, 0.5)
     results = compare(cases, groups, {"weak": weak, "strong": strong}, draws=20, shares_flagged=(0.05, 0.25))
