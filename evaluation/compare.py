@@ -25,14 +25,13 @@ import numpy as np
 from detector.corruptions import VISIBLE_SEVERITIES
 from detector.model import is_corrupted
 from evaluation.metrics import BOOTSTRAP_DRAWS, INTERVAL_LEVEL, auroc_and_right, group_bootstrap, interval
-from evaluation.photo_eval import HELD_OUT, CaseSet, PhotoCase, model_photos, photo_sources
+from evaluation.photo_eval import HELD_OUT, CaseSet, PhotoCase, model_photos, photo_sources, threshold_at_clean_fpr
 from training.corpus import SPLITS, load_built
 
 
 def caught_at_flagged(labels: np.ndarray, values: np.ndarray, share: float) -> float:
     """The share of damaged cases scored above the score that flags `share` of the clean cases."""
-    threshold = np.quantile(values[labels == 0], 1 - share)
-    return float(np.mean(values[labels == 1] > threshold))
+    return float(np.mean(values[labels == 1] > threshold_at_clean_fpr(values[labels == 0], share)))
 
 
 def compare(
