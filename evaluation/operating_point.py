@@ -47,7 +47,9 @@ def validation_margins(model: CorruptionNet, validation: Sequence[str], photos: 
     return np.array(margins), groups
 
 
-def test_margins(model_path: Path, offset: float, scores: dict[str, float], cases_folder: Path, photos: Path) -> tuple:
+def held_out_margins(
+    model_path: Path, offset: float, scores: dict[str, float], cases_folder: Path, photos: Path
+) -> tuple:
     """(margins before the photo `offset` they were scored with, labels) of the held-out clean and visible-damage
     cases with crops."""
     cases, _ = held_out_cases(cases_folder, photos, [model_path])
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     offset = float(model.corrupted_logit_offset)
     margins, groups = validation_margins(model, calibration["validation_photos"], args.photos)
     scores = json.loads(args.scores.read_text())
-    held_out, labels = test_margins(args.model, offset, scores, args.cases, args.photos)
+    held_out, labels = held_out_margins(args.model, offset, scores, args.cases, args.photos)
     drawn = outcomes(refits(margins, groups, calibration["target_fpr"], args.draws), held_out, labels)
     fitted = outcomes(np.array([offset]), held_out, labels)
     print(table(fitted, drawn, len(set(groups)), args.draws))
