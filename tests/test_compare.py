@@ -1,7 +1,6 @@
 """Two models' saved scores compared on held-out cases, with intervals from resampling whole source groups."""
 
 import json
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from evaluation.compare import caught_at_flagged, compare, main, table
 from evaluation.metrics import group_resamples
 from evaluation.photo_eval import HELD_OUT, Scorer, Source, part_figures
 from evaluation.report import number, percent, with_interval
-from tests.test_photo_eval import case
+from tests.test_photo_eval import case, index_cases
 
 GROUPS = ("a", "b", "c", "d")
 
@@ -91,11 +90,9 @@ def test_the_command_compares_only_groups_no_model_saw(trained, mini_corpus, tmp
     left_out = [case("seen", 1, "blur", 4, photo="scikit-image--coffee")]
     subtle = [case("subtle", 1, "blur", 1, photo="matplotlib--grace-hopper")]
     listed = held_out + left_out + subtle
-    (tmp_path / "cases").mkdir()
-    (tmp_path / "cases" / "cases.json").write_text(json.dumps({"key": {}, "cases": [asdict(c) for c in listed]}))
     scores = {c.id: 0.9 * c.label for c in listed}
     (tmp_path / "s.json").write_text(json.dumps(scores))
-    model, cases = str(trained / "model.pt"), str(tmp_path / "cases")
+    model, cases = str(trained / "model.pt"), str(index_cases(tmp_path / "cases", listed))
     arguments = ["--cases", cases, "--photos", str(mini_corpus), "--model", model, f"m={tmp_path}/s.json"]
     main(arguments)
     output = capsys.readouterr().out

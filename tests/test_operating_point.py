@@ -1,13 +1,12 @@
 """How steady the operating point is: the photo offset refit on resamples of the validation source groups."""
 
 import json
-from dataclasses import asdict
 
 import numpy as np
 import pytest
 
 from evaluation.operating_point import main, outcomes, refits
-from tests.test_photo_eval import case
+from tests.test_photo_eval import case, index_cases
 
 
 def test_outcomes_count_clean_flagged_and_damage_caught_at_each_offset():
@@ -38,10 +37,9 @@ def test_the_command_refits_the_calibration_offset_on_the_validation_groups(trai
         case("clean", 0, photo="matplotlib--grace-hopper"),
         case("blur", 1, "blur", 4, photo="matplotlib--grace-hopper"),
     ]
-    (tmp_path / "cases").mkdir()
-    (tmp_path / "cases" / "cases.json").write_text(json.dumps({"key": {}, "cases": [asdict(c) for c in listed]}))
     (tmp_path / "s.json").write_text(json.dumps({"clean": 0.2, "blur": 0.9}))
-    arguments = ["--model", str(model), "--scores", str(tmp_path / "s.json"), "--cases", str(tmp_path / "cases")]
+    cases = str(index_cases(tmp_path / "cases", listed))
+    arguments = ["--model", str(model), "--scores", str(tmp_path / "s.json"), "--cases", cases]
     main([*arguments, "--photos", str(mini_corpus), "--draws", "20"])
     output = capsys.readouterr().out
     assert "refit on 20 resamples of 1 validation source groups" in output

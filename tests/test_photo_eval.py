@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -82,6 +83,13 @@ def case(
     case_id: str, label: int, family: str | None = None, severity: int = 0, variant: str = "clean q92", photo="p"
 ) -> PhotoCase:
     return PhotoCase(case_id, photo, "640", 640, 480, variant, family and "k", family, severity, label)
+
+
+def index_cases(folder: Path, cases: list[PhotoCase]) -> Path:
+    """`folder` holding an index of `cases` as CaseSet.build writes it (no image files: the tests read scores)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cases.json").write_text(json.dumps({"key": {}, "cases": [asdict(c) for c in cases]}))
+    return folder
 
 
 def test_summary_counts_false_positives_detection_and_auroc():
@@ -257,8 +265,7 @@ def test_groups_tags_and_false_alarms_are_counted_per_source(tmp_path):
     tags = by_tag(cases, scorer, sources)
     assert tags["macro"]["held_out"] == {"photos": 1, "clean_cases": 2, "clean_fpr": 0.5}
     assert tags["macro"]["seen"]["clean_fpr"] == 1.0 and tags["untagged"]["held_out"]["clean_fpr"] == 0.0
-    (tmp_path / "cases.json").write_text(json.dumps({"key": {}, "cases": [asdict(c) for c in cases]}))
-    alarms = false_alarms(CaseSet(tmp_path), scorer, sources)
+    alarms = false_alarms(CaseSet(index_cases(tmp_path, cases)), scorer, sources)
     assert [(a["photo"], a["flagged"], a["clean_cases"]) for a in alarms] == [
         ("p", ["640 q80"], 2),
         ("r", ["640 q92"], 1),
