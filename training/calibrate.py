@@ -179,20 +179,32 @@ def calibrate_checkpoint(
     return calibration
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Recalibrate a trained checkpoint in place.")
-    parser.add_argument("--model", type=Path, required=True, help="checkpoint written by training.train")
+def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    """The validation data a recalibration needs: the same photos and CIFAR split as the training run."""
     parser.add_argument("--photos", type=Path, default=Path("data/photos"), help="the corpus (make photos)")
     parser.add_argument("--cifar", default="../shared/data/cifar10-subset/train", help="as given to training")
     parser.add_argument("--cifar-val-fraction", type=float, default=0.1, help="as given to training")
     parser.add_argument("--seed", type=int, default=0, help="as given to training: it chose the CIFAR split")
     parser.add_argument("--target-fpr", type=float, default=0.015, help="validation clean false-positive rate")
-    args = parser.parse_args(argv)
+    parser.add_argument("--calibration-samples", type=int, default=SAMPLES, help="per view kind, for temperatures")
+
+
+def recalibrate(path: Path, args: argparse.Namespace) -> dict:
+    """Calibrate the checkpoint at `path` in place on the validation data `args` names (on the CPU)."""
     _, cifar_validation = split_cifar(args.cifar, args.cifar_val_fraction, args.seed)
     validation = load_split(args.photos, "val")
     cpu = torch.device("cpu")
-    calibration = calibrate_checkpoint(args.model, validation, str(args.photos), cifar_validation, args.target_fpr, cpu)
-    print(json.dumps(calibration))
+    return calibrate_checkpoint(
+        path, validation, str(args.photos), cifar_validation, args.target_fpr, cpu, args.calibration_samples
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Recalibrate a trained checkpoint in place.")
+    parser.add_argument("--model", type=Path, required=True, help="checkpoint written by training.train")
+    add_calibration_arguments(parser)
+    args = parser.parse_args(argv)
+    print(json.dumps(recalibrate(args.model, args)))
 
 
 if __name__ == "__main__":
