@@ -4,11 +4,12 @@ from collections import Counter
 
 import pytest
 import torch
+from PIL import Image
 
 from detector.corruptions import CIFAR_CORRUPTIONS, SEVERITIES
 from evaluation.grid import CorruptionGrid
 from tests.conftest import MINI_CORPUS
-from training.data import find_images, load_clean_images, split_cifar, split_indices
+from training.data import find_images, load_clean_images, split_cifar, split_indices, without_copies_of
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +54,15 @@ def test_grid_covers_every_kind_and_severity_for_every_image(train_images):
     assert all(combos[(k, s)] == 4 for k in range(1, len(CIFAR_CORRUPTIONS) + 1) for s in SEVERITIES)
     image, label, kind, severity = grid.sample(len(train_images[:4]) * 3)
     assert label == 1 and kind >= 1 and severity in SEVERITIES and image.dtype == torch.uint8
+
+
+def test_extra_images_lose_their_copies_of_validation_images(subset, tmp_path):
+    """The JPEG copies of validation images are dropped from an extra folder; other images, JPEG or not, stay."""
+    paths = find_images(subset / "train")[:12]
+    for path in paths:
+        Image.open(path).save(tmp_path / f"{path.stem}.jpg", quality=75)
+    copies = load_clean_images(str(tmp_path))
+    originals = load_clean_images(str(subset / "train"), limit=12)
+    kept = without_copies_of(copies, held_out=originals[:4])
+    assert len(kept) == 8 and torch.equal(kept, copies[4:])
+    assert torch.equal(without_copies_of(originals, held_out=originals[:0]), originals)

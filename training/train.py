@@ -47,7 +47,7 @@ from detector.backbones import LITE_CONFIGS
 from detector.corruptions import SEVERITIES, TYPES
 from detector.model import CROP_TYPES, CorruptionNet, build_model, lineage, save_checkpoint
 from training.calibrate import SAMPLES, calibrate_checkpoint
-from training.data import load_clean_images, split_cifar
+from training.data import load_clean_images, split_cifar, without_copies_of
 from training.photo_data import (
     CifarSamples,
     CropSamples,
@@ -254,9 +254,10 @@ def frozen_modules(model: CorruptionNet, args: argparse.Namespace) -> list[nn.Mo
 
 
 def cifar_images(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
-    """(training images, validation images) at 32x32: validation comes from --cifar only."""
+    """(training images, validation images) at 32x32: validation comes from --cifar only, and no copy of it
+    from --extra-cifar is trained on."""
     train, val = split_cifar(args.cifar, args.cifar_val_fraction, args.seed, args.limit, args.download_root)
-    extra = [load_clean_images(folder, limit=args.limit) for folder in args.extra_cifar]
+    extra = [without_copies_of(load_clean_images(folder, limit=args.limit), val) for folder in args.extra_cifar]
     return torch.cat([train, *extra]), val
 
 
