@@ -38,6 +38,12 @@ def validation_margins(model: CorruptionNet, validation: Sequence[str], photos: 
     """The combined clean margins (before the offset) of the validation photos at every size and quality, the
     images with crops only, and each one's source group."""
     corpus = {photo.id: photo for split in SPLITS for photo in load_built(photos, split)}
+    missing = sorted(set(validation) - set(corpus))
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of the checkpoint's validation photos are not in the corpus at {photos} (built from an"
+            f" older photo_corpus.json? `make photos`): {', '.join(missing[:5])}"
+        )
     margins, groups = [], []
     for photo in (corpus[photo_id] for photo_id in validation):
         views = [view for view in clean_photo_views([photo], str(photos)) if len(view.crops)]

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from evaluation.operating_point import main, outcomes, refits
+from detector.model import load_model
+from evaluation.operating_point import main, outcomes, refits, validation_margins
 from tests.test_photo_eval import case, index_cases
 
 
@@ -48,3 +49,9 @@ def test_the_command_refits_the_calibration_offset_on_the_validation_groups(trai
     assert spread == [fitted] * 3
     assert "| clean flagged | 0.0% | 0.0% | 0.0% | 0.0% |" in output
     assert "| caught | 100.0% | 100.0% | 100.0% | 100.0% |" in output
+
+
+def test_validation_photos_missing_from_the_corpus_are_named(trained, mini_corpus):
+    model = load_model(trained / "model.pt")
+    with pytest.raises(ValueError, match=r"1 of the checkpoint's validation photos .*: gone--photo"):
+        validation_margins(model, ["scikit-learn--flower", "gone--photo"], mini_corpus)
