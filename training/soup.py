@@ -12,7 +12,6 @@ beside it, training.json with each ingredient's training summary and the soup's 
 """
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 
 from detector.model import CALIBRATION_BUFFERS, build_model, read_checkpoint, save_checkpoint
 from training.calibrate import add_calibration_arguments, recalibrate
+from training.corpus import sha256
 
 
 class IngredientMismatchError(ValueError):
@@ -65,7 +65,7 @@ def soup_metadata(paths: list[Path], checkpoints: list[dict[str, Any]]) -> dict[
             for photo, group in checkpoint["metadata"].get("training_photos", {}).items()
         },
         "soup_of": [
-            {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "steps": checkpoint["metadata"].get("steps")}
+            {"sha256": sha256(path.read_bytes()), "steps": checkpoint["metadata"].get("steps")}
             for path, checkpoint in zip(paths, checkpoints, strict=True)
         ],
     }
@@ -84,7 +84,7 @@ def ingredient_summary(path: Path) -> dict[str, Any]:
     """An ingredient's training.json (arguments, loss history) when it has one beside it, and its checksum."""
     log = path.parent / "training.json"
     summary = json.loads(log.read_text()) if log.exists() else {}
-    return {"checkpoint": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), **summary}
+    return {"checkpoint": str(path), "sha256": sha256(path.read_bytes()), **summary}
 
 
 def main(argv: list[str] | None = None) -> None:
