@@ -71,20 +71,23 @@ def soup_metadata(paths: list[Path], checkpoints: list[dict[str, Any]]) -> dict[
     }
 
 
-def make_soup(paths: list[Path], out: Path) -> None:
-    """Write the uncalibrated average of the checkpoints at `paths` to `out`."""
+def make_soup(paths: list[Path], out: Path) -> list[dict[str, Any]]:
+    """Write the uncalibrated average of the checkpoints at `paths` to `out`; returns what each ingredient was
+    (its checksum and steps, as the soup's metadata records them)."""
     checkpoints = [read_checkpoint(path) for path in paths]
     check_ingredients(checkpoints)
     model = build_model(checkpoints[0]["backbone"])
     model.load_state_dict(average_weights(checkpoints))
-    save_checkpoint(model, out, soup_metadata(paths, checkpoints))
+    metadata = soup_metadata(paths, checkpoints)
+    save_checkpoint(model, out, metadata)
+    return metadata["soup_of"]
 
 
-def ingredient_summary(path: Path) -> dict[str, Any]:
-    """An ingredient's training.json (arguments, loss history) when it has one beside it, and its checksum."""
+def ingredient_summary(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """An ingredient's record and its training.json (arguments, loss history) when it has one beside it."""
     log = path.parent / "training.json"
     summary = json.loads(log.read_text()) if log.exists() else {}
-    return {"checkpoint": str(path), "sha256": sha256(path.read_bytes()), **summary}
+    return {"checkpoint": str(path), **record, **summary}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,9 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="where the soup's model.pt goes")
     add_calibration_arguments(parser)
     args = parser.parse_args(argv)
-    make_soup(args.ingredients, args.out)
+    records = make_soup(args.ingredients, args.out)
     calibration = recalibrate(args.out, args)
-    summary = {"soup_of": [ingredient_summary(path) for path in args.ingredients], "calibration": calibration}
+    ingredients = [ingredient_summary(path, record) for path, record in zip(args.ingredients, records, strict=True)]
+    summary = {"soup_of": ingredients, "calibration": calibration}
     (args.out.parent / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"saved {args.out}; calibration {json.dumps(calibration)}")
 
