@@ -10,7 +10,7 @@ from detector.model import CALIBRATION_BUFFERS, build_model, load_model, read_ch
 from training import soup
 
 
-def fine_tuned(trained, path, seed: int) -> None:
+def fine_tuned(trained, path, seed: int, cifar_split_seed: int = 0) -> None:
     """A stand-in for a fine-tuning run from `trained`: its weights moved by seeded noise, its metadata as
     training.train writes it for an --init run."""
     model = load_model(trained / "model.pt")
@@ -20,7 +20,8 @@ def fine_tuned(trained, path, seed: int) -> None:
             parameter.add_(0.01 * torch.randn(parameter.shape, generator=generator))
     start = hashlib.sha256((trained / "model.pt").read_bytes()).hexdigest()
     photos = {f"photo-{seed}": f"group-{seed}"}
-    save_checkpoint(model, path, {"steps": 10, "init_sha256": start, "ancestors": [], "training_photos": photos})
+    metadata = {"steps": 10, "init_sha256": start, "ancestors": [], "training_photos": photos}
+    save_checkpoint(model, path, {**metadata, "cifar_split_seed": cifar_split_seed})
 
 
 def test_a_soup_is_the_calibrated_mean_of_its_ingredients(trained, mini_corpus, subset, tmp_path):
@@ -47,6 +48,23 @@ def test_a_soup_is_the_calibrated_mean_of_its_ingredients(trained, mini_corpus, 
     checksums = [hashlib.sha256(path.read_bytes()).hexdigest() for path in ingredients]
     assert [entry["sha256"] for entry in metadata["soup_of"]] == checksums
     assert [entry["sha256"] for entry in summary["soup_of"]] == checksums
+    assert metadata["cifar_split_seed"] == summary["cifar_split_seed"] == 0, "held out by both, calibrated on"
+
+
+def test_a_soup_of_runs_that_held_out_different_cifar_splits_needs_the_split_named(
+    trained, mini_corpus, subset, tmp_path
+):
+    ingredients = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    for seed, path in enumerate(ingredients):
+        fine_tuned(trained, path, seed, cifar_split_seed=seed)
+    out = tmp_path / "soup" / "model.pt"
+    with pytest.raises(soup.IngredientMismatchError, match="--cifar-split-seed"):
+        soup.make_soup(ingredients, out)
+    assert not out.exists()
+    data = ["--photos", str(mini_corpus), "--cifar", str(subset / "train"), "--calibration-samples", "32"]
+    soup.main([*map(str, ingredients), "--out", str(out), *data, "--cifar-split-seed", "1"])
+    assert json.loads((out.parent / "training.json").read_text())["cifar_split_seed"] == 1
+    assert "cifar_split_seed" not in read_checkpoint(out)["metadata"], "not held out by every ingredient"
 
 
 def test_a_soup_refuses_runs_from_different_starts_or_backbones(tmp_path):

@@ -42,8 +42,21 @@ def test_training_writes_a_calibrated_checkpoint_and_its_history(trained):
     metadata = read_checkpoint(trained / "model.pt")["metadata"]
     assert metadata["calibration"] == calibration
     assert metadata["training_photos"] == dict.fromkeys(MINI_CORPUS["train"], "scikit-image"), "what it learnt from"
+    assert metadata["cifar_split_seed"] == 0, "the CIFAR validation split it held out"
     assert calibration["validation_photos"] == dict.fromkeys(MINI_CORPUS["val"], "scikit-learn")
     assert not (trained / "train_state.pt").exists(), "the resumable state is removed when the run ends"
+
+
+def test_the_held_out_cifar_split_is_chosen_apart_from_the_seed(subset):
+    """Runs of several seeds hold out one CIFAR split, so their average can be calibrated on images none learnt."""
+
+    def validation(*options: str) -> torch.Tensor:
+        return train.cifar_images(
+            train.parse_args(["--cifar", str(subset / "train"), "--limit", "60", "--steps", "1", *options])
+        )[1]
+
+    assert torch.equal(validation("--seed", "5"), validation("--seed", "6"))
+    assert not torch.equal(validation("--seed", "5"), validation("--seed", "5", "--cifar-split-seed", "1"))
 
 
 def test_a_run_resumes_from_its_saved_state(mini_corpus, subset, tmp_path):

@@ -184,14 +184,27 @@ def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--photos", type=Path, default=Path("data/photos"), help="the corpus (make photos)")
     parser.add_argument("--cifar", default="../shared/data/cifar10-subset/train", help="as given to training")
     parser.add_argument("--cifar-val-fraction", type=float, default=0.1, help="as given to training")
-    parser.add_argument("--seed", type=int, default=0, help="as given to training: it chose the CIFAR split")
+    parser.add_argument(
+        "--cifar-split-seed",
+        type=int,
+        default=None,
+        help="the CIFAR validation split to calibrate on (default: the one the checkpoint records holding out, else 0)",
+    )
     parser.add_argument("--target-fpr", type=float, default=0.015, help="validation clean false-positive rate")
     parser.add_argument("--calibration-samples", type=int, default=SAMPLES, help="per view kind, for temperatures")
 
 
+def cifar_split_seed(path: Path, args: argparse.Namespace) -> int:
+    """The CIFAR split to calibrate on: the one asked for, else the one the checkpoint held out in training, else 0
+    (runs from before the checkpoint recorded it held out the split of their --seed; their training.json has it)."""
+    if args.cifar_split_seed is not None:
+        return args.cifar_split_seed
+    return read_checkpoint(path)["metadata"].get("cifar_split_seed", 0)
+
+
 def recalibrate(path: Path, args: argparse.Namespace) -> dict:
     """Calibrate the checkpoint at `path` in place on the validation data `args` names (on the CPU)."""
-    _, cifar_validation = split_cifar(args.cifar, args.cifar_val_fraction, args.seed)
+    _, cifar_validation = split_cifar(args.cifar, args.cifar_val_fraction, cifar_split_seed(path, args))
     validation = load_split(args.photos, "val")
     cpu = torch.device("cpu")
     return calibrate_checkpoint(

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from detector.model import CALIBRATION_BUFFERS, build_model, read_checkpoint, save_checkpoint
-from training.calibrate import add_calibration_arguments, recalibrate
+from training.calibrate import add_calibration_arguments, cifar_split_seed, recalibrate
 from training.corpus import sha256
 
 
@@ -39,6 +39,12 @@ def check_ingredients(checkpoints: list[dict[str, Any]]) -> None:
         raise IngredientMismatchError("the checkpoints were not all fine-tuned (--init) from one checkpoint")
 
 
+def shared_cifar_split(checkpoints: list[dict[str, Any]]) -> int | None:
+    """The CIFAR validation split every ingredient held out (training.train --cifar-split-seed), or None."""
+    splits = {checkpoint["metadata"].get("cifar_split_seed") for checkpoint in checkpoints}
+    return splits.pop() if len(splits) == 1 else None
+
+
 def average_weights(checkpoints: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """The mean of every floating-point tensor but the calibration (refitted after), in fp32; integer buffers
     (batch-norm step counts) are taken from the first checkpoint."""
@@ -55,7 +61,9 @@ def soup_metadata(paths: list[Path], checkpoints: list[dict[str, Any]]) -> dict[
     """The first ingredient's lineage, every photo any ingredient learnt from (seen sources for the evaluation),
     and what each ingredient was."""
     metadata = checkpoints[0]["metadata"]
+    held_out = shared_cifar_split(checkpoints)
     return {
+        **({"cifar_split_seed": held_out} if held_out is not None else {}),
         "backbone": checkpoints[0]["backbone"],
         "init_sha256": metadata["init_sha256"],
         "ancestors": metadata.get("ancestors", []),
@@ -71,11 +79,18 @@ def soup_metadata(paths: list[Path], checkpoints: list[dict[str, Any]]) -> dict[
     }
 
 
-def make_soup(paths: list[Path], out: Path) -> list[dict[str, Any]]:
+def make_soup(paths: list[Path], out: Path, calibration_split: int | None = None) -> list[dict[str, Any]]:
     """Write the uncalibrated average of the checkpoints at `paths` to `out`; returns what each ingredient was
-    (its checksum and steps, as the soup's metadata records them)."""
+    (its checksum and steps, as the soup's metadata records them). Without `calibration_split` the soup is to be
+    calibrated on the CIFAR split its ingredients held out, and refused when they did not hold out one: an offset
+    fitted on images an ingredient trained on is fitted on learnt images."""
     checkpoints = [read_checkpoint(path) for path in paths]
     check_ingredients(checkpoints)
+    if calibration_split is None and shared_cifar_split(checkpoints) is None:
+        raise IngredientMismatchError(
+            "the checkpoints do not record one held-out CIFAR split (training.train --cifar-split-seed): "
+            "name the split to calibrate on with --cifar-split-seed"
+        )
     model = build_model(checkpoints[0]["backbone"])
     model.load_state_dict(average_weights(checkpoints))
     metadata = soup_metadata(paths, checkpoints)
@@ -96,10 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="where the soup's model.pt goes")
     add_calibration_arguments(parser)
     args = parser.parse_args(argv)
-    records = make_soup(args.ingredients, args.out)
+    records = make_soup(args.ingredients, args.out, args.cifar_split_seed)
     calibration = recalibrate(args.out, args)
     ingredients = [ingredient_summary(path, record) for path, record in zip(args.ingredients, records, strict=True)]
-    summary = {"soup_of": ingredients, "calibration": calibration}
+    summary = {"soup_of": ingredients, "cifar_split_seed": cifar_split_seed(args.out, args), "calibration": calibration}
     (args.out.parent / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"saved {args.out}; calibration {json.dumps(calibration)}")
 

@@ -128,7 +128,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--target-fpr", type=float, default=0.015, help="validation clean false-positive rate")
     parser.add_argument("--calibration-samples", type=int, default=SAMPLES, help="per view kind, for temperatures")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the samples' draws and the weights' initialisation")
+    parser.add_argument(
+        "--cifar-split-seed",
+        type=int,
+        default=0,
+        help="the CIFAR validation split held out: one for every run whose weights may be averaged, so that the "
+        "average is calibrated on CIFAR images none of them trained on",
+    )
     parser.add_argument("--cifar-val-fraction", type=float, default=0.1)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N CIFAR images (tests)")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers per stream")
@@ -256,7 +263,7 @@ def frozen_modules(model: CorruptionNet, args: argparse.Namespace) -> list[nn.Mo
 def cifar_images(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     """(training images, validation images) at 32x32: validation comes from --cifar only, and no copy of it
     from --extra-cifar is trained on."""
-    train, val = split_cifar(args.cifar, args.cifar_val_fraction, args.seed, args.limit, args.download_root)
+    train, val = split_cifar(args.cifar, args.cifar_val_fraction, args.cifar_split_seed, args.limit, args.download_root)
     extra = [without_copies_of(load_clean_images(folder, limit=args.limit), val) for folder in args.extra_cifar]
     return torch.cat([train, *extra]), val
 
@@ -461,7 +468,13 @@ def main(argv: list[str] | None = None) -> None:
         model.eval()
         # The photos it learnt from, by source group: the evaluation holds out every other group.
         trained_on = {photo.id: photo_group(photo) for photo in train_photos}
-        metadata = {"steps": step, "minutes": minutes, "backbone": args.backbone, "training_photos": trained_on}
+        metadata = {
+            "steps": step,
+            "minutes": minutes,
+            "backbone": args.backbone,
+            "training_photos": trained_on,
+            "cifar_split_seed": args.cifar_split_seed,
+        }
         if args.init:
             metadata.update(inherited_photos(args.init, trained_on))
         save_checkpoint(model, args.out / "model.pt", metadata)
