@@ -27,8 +27,10 @@ class IngredientMismatchError(ValueError):
     """Checkpoints that cannot be averaged: another backbone, or not fine-tuned from the same checkpoint."""
 
 
-def check_ingredients(checkpoints: list[dict[str, Any]]) -> None:
-    """Refuse a soup of fewer than two runs, of runs on different backbones or from different starting weights."""
+def check_ingredients(checkpoints: list[dict[str, Any]], calibration_split: int | None = None) -> None:
+    """Refuse a soup of fewer than two runs, of runs on different backbones or from different starting weights, and,
+    without `calibration_split`, of runs that did not hold out one CIFAR split: an offset fitted on images an
+    ingredient trained on is fitted on learnt images."""
     if len(checkpoints) < 2:
         raise IngredientMismatchError("a soup needs at least two checkpoints")
     backbones = {checkpoint["backbone"] for checkpoint in checkpoints}
@@ -37,6 +39,11 @@ def check_ingredients(checkpoints: list[dict[str, Any]]) -> None:
         raise IngredientMismatchError(f"the checkpoints have different backbones: {sorted(backbones)}")
     if None in starts or len(starts) > 1:
         raise IngredientMismatchError("the checkpoints were not all fine-tuned (--init) from one checkpoint")
+    if calibration_split is None and shared_cifar_split(checkpoints) is None:
+        raise IngredientMismatchError(
+            "the checkpoints do not record one held-out CIFAR split (training.train --cifar-split-seed): "
+            "name the split to calibrate on with --cifar-split-seed"
+        )
 
 
 def shared_cifar_split(checkpoints: list[dict[str, Any]]) -> int | None:
@@ -82,15 +89,9 @@ def soup_metadata(paths: list[Path], checkpoints: list[dict[str, Any]]) -> dict[
 def make_soup(paths: list[Path], out: Path, calibration_split: int | None = None) -> list[dict[str, Any]]:
     """Write the uncalibrated average of the checkpoints at `paths` to `out`; returns what each ingredient was
     (its checksum and steps, as the soup's metadata records them). Without `calibration_split` the soup is to be
-    calibrated on the CIFAR split its ingredients held out, and refused when they did not hold out one: an offset
-    fitted on images an ingredient trained on is fitted on learnt images."""
+    calibrated on the CIFAR split its ingredients held out."""
     checkpoints = [read_checkpoint(path) for path in paths]
-    check_ingredients(checkpoints)
-    if calibration_split is None and shared_cifar_split(checkpoints) is None:
-        raise IngredientMismatchError(
-            "the checkpoints do not record one held-out CIFAR split (training.train --cifar-split-seed): "
-            "name the split to calibrate on with --cifar-split-seed"
-        )
+    check_ingredients(checkpoints, calibration_split)
     model = build_model(checkpoints[0]["backbone"])
     model.load_state_dict(average_weights(checkpoints))
     metadata = soup_metadata(paths, checkpoints)
@@ -112,9 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     add_calibration_arguments(parser)
     args = parser.parse_args(argv)
     records = make_soup(args.ingredients, args.out, args.cifar_split_seed)
+    args.cifar_split_seed = cifar_split_seed(args.out, args)  # resolved once: recalibrated on it, recorded with it
     calibration = recalibrate(args.out, args)
     ingredients = [ingredient_summary(path, record) for path, record in zip(args.ingredients, records, strict=True)]
-    summary = {"soup_of": ingredients, "cifar_split_seed": cifar_split_seed(args.out, args), "calibration": calibration}
+    summary = {"soup_of": ingredients, "cifar_split_seed": args.cifar_split_seed, "calibration": calibration}
     (args.out.parent / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"saved {args.out}; calibration {json.dumps(calibration)}")
 
