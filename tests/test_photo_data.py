@@ -12,6 +12,7 @@ from detector.model import CROP_TYPES, FINE_TYPES
 from detector.preprocessing import CROP_SIZE, GLOBAL_SIDE
 from training.corpus import BuiltPhoto, load_built
 from training.photo_data import (
+    CLEAN_JITTER_KINDS,
     CROP_KINDS,
     CifarSamples,
     CropSamples,
@@ -23,6 +24,7 @@ from training.photo_data import (
     clean_variants,
     corrupt_or_not,
     group_draw_weights,
+    jitter_clean,
     load_split,
     photo_group,
     photo_sizes,
@@ -52,6 +54,28 @@ def test_samples_are_a_function_of_seed_and_index(photos):
     requests = next(iter(ViewBatches(1, 4, seed=0)))
     assert all(torch.equal(first[r][0], again[r][0]) for r in requests)
     assert any(not torch.equal(first[r][0], other[r][0]) for r in requests)
+
+
+def test_clean_jitter_changes_clean_views_only_and_less_than_the_mildest_damage(photos):
+    plain, jittered = WholeViewSamples(photos, 0, clean_jitter=0.0), WholeViewSamples(photos, 0, clean_jitter=1.0)
+    changed = 0
+    for requests in ViewBatches(4, 8, seed=0):
+        for request in requests:
+            before, after = plain[request], jittered[request]
+            assert before[1:] == after[1:]  # the label, kind and type never move
+            if before[1]:
+                assert torch.equal(before[0], after[0])  # corrupted samples replay exactly
+            else:
+                changed += not torch.equal(before[0], after[0])
+    assert changed > 0
+    image = photos.shrunk[0][:, :96, :96].contiguous()
+    mildest = max(
+        (CORRUPTIONS[kind](image, 1, seed).float() - image.float()).abs().mean()
+        for kind in CLEAN_JITTER_KINDS
+        for seed in range(4)
+    )
+    shifts = [(jitter_clean(image, sample_rng(seed, 0, 0)).float() - image.float()).abs().mean() for seed in range(20)]
+    assert max(shifts) < mildest and sum(shift > 0 for shift in shifts) > 10
 
 
 def test_crops_are_native_size_and_only_the_crop_heads_damage(photos):

@@ -18,7 +18,10 @@ Three streams, each a map-style dataset whose item randomness depends on (seed, 
   images keep working.
 
 Clean samples are saved at JPEG quality MIN_CLEAN_JPEG_QUALITY..100 or kept lossless; corrupted ones at
-camera quality, so "corrupted" is never "saved at a lower quality than clean ones".
+camera quality, so "corrupted" is never "saved at a lower quality than clean ones". A share of clean whole views
+(`clean_jitter`) is made a little brighter or darker, flatter, or more or less colourful than the photo was
+(`jitter_clean`): clean photos vary in light and colour, and a model that learnt the 269 training photos' own
+balance as "clean" reads a bright, saturated or hazy scene it never saw as exposure, colour or contrast damage.
 """
 
 import math
@@ -41,6 +44,7 @@ from detector.corruptions import (
     MIN_CLEAN_JPEG_QUALITY,
     SAMPLE_KINDS,
     SEVERITIES,
+    apply_seeded,
     camera_jpeg,
     encode_jpeg,
     to_pil,
@@ -69,6 +73,11 @@ ASPECTS = (1.0, 4 / 3, 3 / 4, 3 / 2, 2 / 3, 16 / 9)
 # Share of whole-view batches made of images smaller than the view (seen at their own size).
 SMALL_BATCH_SHARE = 0.15
 CLEAN_SHARE = 0.5
+# The photometric kinds a clean whole view may be jittered by, by up to this share of the table's mildest
+# severity: half of severity 1 (a quarter stop, 0.4 saturation stops, 87.5% of the contrast kept) is a
+# photographer's taste, not damage.
+CLEAN_JITTER_KINDS = ("exposure", "low_contrast", "saturation")
+CLEAN_JITTER_REACH = 0.5
 GREYSCALE_SHARE = 0.05
 LOSSLESS_CLEAN_SHARE = 0.3
 # Kinds the crop head learns (their family is one of FINE_TYPES).
@@ -180,6 +189,15 @@ def corrupt_or_not(
     return corruption(image, severity, torch_seed(rng), whole_short_side), SAMPLE_KINDS.index(kind)
 
 
+def jitter_clean(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """A clean image under one CLEAN_JITTER_KINDS change, drawn between none and CLEAN_JITTER_REACH of the
+    table's severity 1 (the table's own functions, so the jitter is the damage's direction at a harmless size)."""
+    corruption = CORRUPTIONS[CLEAN_JITTER_KINDS[int(rng.integers(0, len(CLEAN_JITTER_KINDS)))]]
+    unchanged = 1.0 if corruption.kind == "low_contrast" else 0.0  # contrast is a share kept, the others stops
+    value = unchanged + (corruption.values[0] - unchanged) * rng.uniform(0, CLEAN_JITTER_REACH)
+    return apply_seeded(corruption.apply, image, value, torch_seed(rng))
+
+
 @dataclass(frozen=True)
 class WholeViewRequest:
     """One whole-view sample to make: its index and the batch's shape."""
@@ -199,10 +217,13 @@ class WholeViewSamples(Dataset):
     """Whole views of training photos, clean or corrupted (see the module docstring). Items are
     (normalised view, label, sample kind, type index)."""
 
-    def __init__(self, photos: PhotoSet, seed: int, min_severity: float = SEVERITIES[0]) -> None:
+    def __init__(
+        self, photos: PhotoSet, seed: int, min_severity: float = SEVERITIES[0], clean_jitter: float = 0.0
+    ) -> None:
         self.photos = photos
         self.seed = seed
         self.min_severity = min_severity
+        self.clean_jitter = clean_jitter
 
     def __getitem__(self, request: WholeViewRequest) -> tuple[torch.Tensor, int, int, int]:
         rng = sample_rng(self.seed, WHOLE_STREAM, request.index)
@@ -223,6 +244,8 @@ class WholeViewSamples(Dataset):
             image = F.rgb_to_grayscale(image, num_output_channels=3)
         kinds = DOWNSCALE_HIDDEN_KINDS if fine else tuple(k for k in CORRUPTIONS if k not in DOWNSCALE_HIDDEN_KINDS)
         image, kind = corrupt_or_not(image, kinds, CORRUPTIONS, rng, min_severity=self.min_severity)
+        if kind == 0 and self.clean_jitter and rng.random() < self.clean_jitter:  # no draw without it: runs replay
+            image = jitter_clean(image, rng)
         view = whole_view(to_pil(save_like_a_camera(image, kind > 0, rng)))
         if tuple(view.shape[-2:]) != request.view_shape:  # a pixel of rounding between samples of a batch
             view = F.resize(view, list(request.view_shape), antialias=True)

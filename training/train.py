@@ -126,6 +126,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="a source group's share of photo draws goes as its photos to this power (1: per photo, 0: per group)",
     )
+    parser.add_argument(
+        "--clean-jitter",
+        type=float,
+        default=0.0,
+        help="share of clean whole views made slightly brighter, darker, flatter or more or less colourful "
+        "(training.photo_data.jitter_clean)",
+    )
     parser.add_argument("--target-fpr", type=float, default=0.015, help="validation clean false-positive rate")
     parser.add_argument("--calibration-samples", type=int, default=SAMPLES, help="per view kind, for temperatures")
     parser.add_argument("--seed", type=int, default=0, help="the samples' draws and the weights' initialisation")
@@ -286,8 +293,9 @@ def streams(args: argparse.Namespace, photos: PhotoSet, cifar: torch.Tensor, see
     crops = consumed("crop", step, args.cycle) * args.crop_batch_size
     cifar_start = consumed("cifar", step, args.cycle) * args.cifar_batch_size
     severity = args.min_severity
+    wholes = WholeViewSamples(photos, seed, severity, args.clean_jitter)
     return {
-        "whole": batches(DataLoader(WholeViewSamples(photos, seed, severity), batch_sampler=whole, **options)),
+        "whole": batches(DataLoader(wholes, batch_sampler=whole, **options)),
         "crop": batches(
             DataLoader(
                 CropSamples(photos, seed, severity),
