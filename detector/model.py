@@ -162,8 +162,9 @@ class CorruptionNet(nn.Module):
         """Pixels per forward pass on the model's device (PASS_PIXELS)."""
         return PASS_PIXELS.get(self.whole_temperature.device.type, PASS_PIXELS["cpu"])
 
-    def score_views(self, views: Sequence[Views]) -> Outputs:
-        """Outputs for whole images: every view of every image, combined as the module docstring states."""
+    def head_evidence(self, views: Sequence[Views]) -> tuple[torch.Tensor, torch.Tensor, list, list]:
+        """Each head's calibrated evidence before they combine: whole views' margins (N,) and type probabilities
+        (N, TYPES), and per image its crops' margins and mean type probabilities (crop_evidence)."""
         device = self.whole_temperature.device
         margins = torch.empty(len(views), device=device)
         types = torch.empty(len(views), len(TYPES), device=device)
@@ -172,7 +173,12 @@ class CorruptionNet(nn.Module):
             margins[batch] = margin.float() / self.whole_temperature
             types[batch] = logits.float().softmax(dim=1)
         crops = torch.cat([image.crops for image in views]).to(device)
-        crop_margins, crop_types = self.crop_evidence(crops, [len(image.crops) for image in views])
+        return margins, types, *self.crop_evidence(crops, [len(image.crops) for image in views])
+
+    def score_views(self, views: Sequence[Views]) -> Outputs:
+        """Outputs for whole images: every view of every image, combined as the module docstring states."""
+        device = self.whole_temperature.device
+        margins, types, crop_margins, crop_types = self.head_evidence(views)
         combined, crops_decided = combine_margins(margins, crop_margins)
         chosen = torch.where(crops_decided[:, None], torch.stack(crop_types).to(device), types)
         has_crops = torch.tensor([len(image.crops) > 0 for image in views], device=device)
