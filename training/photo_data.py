@@ -20,7 +20,7 @@ Three streams, each a map-style dataset whose item randomness depends on (seed, 
 Clean samples are saved at JPEG quality MIN_CLEAN_JPEG_QUALITY..100 or kept lossless; corrupted ones at
 camera quality, so "corrupted" is never "saved at a lower quality than clean ones". A share of clean whole views
 (`clean_jitter`) is made a little brighter or darker, flatter, or more or less colourful than the photo was
-(`jitter_clean`): clean photos vary in light and colour, and a model that learnt the 269 training photos' own
+(`jitter_clean`): clean photos vary in light and colour, and a model that learnt the training photos' own
 balance as "clean" reads a bright, saturated or hazy scene it never saw as exposure, colour or contrast damage.
 """
 
