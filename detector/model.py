@@ -195,14 +195,20 @@ def same_size_batches(views: Sequence[Views], pixels: int) -> Iterator[list[int]
             yield [indices[position] for position in chunk]
 
 
-def combine_margins(whole: torch.Tensor, crops: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each image's evidence: its whole view's calibrated margin, or its crops' median when that is stronger.
+def crop_medians(crops: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Each image's crop evidence: its crops' median calibrated margin, -inf for an image without crops.
 
     The median, not the maximum: one odd crop (grainy shadow, a flat sky) must not decide, and taking the
-    most alarmed of several views multiplies false alarms. Images without crops are their whole view.
-    Returns (combined margins, whether the crops decided).
+    most alarmed of several views multiplies false alarms.
     """
-    medians = torch.stack([m.quantile(0.5) if len(m) else torch.tensor(float("-inf")) for m in crops]).to(whole)
+    return torch.stack([m.quantile(0.5) if len(m) else torch.tensor(float("-inf")) for m in crops])
+
+
+def combine_margins(whole: torch.Tensor, crops: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's evidence: its whole view's calibrated margin, or its crops' median (crop_medians) when that is
+    stronger. Images without crops are their whole view. Returns (combined margins, whether the crops decided).
+    """
+    medians = crop_medians(crops).to(whole)
     decided = medians > whole
     return torch.where(decided, medians, whole), decided
 

@@ -14,7 +14,6 @@ shipped (MODEL_CARD "Ablations", 2026-12-07).
 
 import argparse
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from detector.corruptions import VISIBLE_SEVERITIES
-from detector.model import CorruptionNet, load_model
+from detector.model import CorruptionNet, crop_medians, load_model
 from detector.preprocessing import Views, image_bytes_to_views
 from evaluation.photo_eval import CaseSet
 from training.calibrate import clean_photo_views, operating_offset
@@ -35,13 +34,12 @@ EVALUATED_BUCKETS = ("640", "1024")
 
 
 def head_evidence(model: CorruptionNet, views: Sequence[Views], batch: int = 8) -> np.ndarray:
-    """(N, 2): each image's calibrated whole-view margin and its crops' median margin (NaN without crops)."""
-    rows = []
+    """(N, 2): each image's calibrated whole-view margin and its crops' median margin (-inf without crops)."""
+    parts = []
     for start in range(0, len(views), batch):
         whole, _, crops, _ = model.head_evidence(views[start : start + batch])
-        medians = [float(m.quantile(0.5)) if len(m) else math.nan for m in crops]
-        rows.extend(zip(whole.tolist(), medians, strict=True))
-    return np.array(rows, dtype=np.float64).reshape(-1, 2)
+        parts.append(torch.stack([whole, crop_medians(crops).to(whole)], dim=1).double().cpu().numpy())
+    return np.concatenate(parts) if parts else np.empty((0, 2))
 
 
 def case_evidence(model: CorruptionNet, cases: CaseSet, batch: int = 8) -> tuple[list, np.ndarray]:
@@ -55,8 +53,8 @@ def case_evidence(model: CorruptionNet, cases: CaseSet, batch: int = 8) -> tuple
 
 
 def shifted(evidence: np.ndarray, shift: float) -> np.ndarray:
-    """The combined evidence with the crops' shifted by `shift` (NaN where an image has no crops)."""
-    return np.fmax(evidence[:, 0], evidence[:, 1] + shift) if len(evidence) else np.empty(0)
+    """The combined evidence with the crops' shifted by `shift` (an image without crops is its whole view)."""
+    return np.maximum(evidence[:, 0], evidence[:, 1] + shift)
 
 
 def fit_shift(
@@ -74,7 +72,7 @@ def fit_shift(
 
 def probabilities(evidence: np.ndarray, shift: float, offset: float, small_image_offset: float) -> np.ndarray:
     """P(corrupted) under the shifted rule; images without crops keep the small-image offset, as served."""
-    has_crops = ~np.isnan(evidence[:, 1])
+    has_crops = np.isfinite(evidence[:, 1])
     logits = np.where(has_crops, shifted(evidence, shift) + offset, evidence[:, 0] + small_image_offset)
     return 1 / (1 + np.exp(-logits))
 
@@ -98,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     with torch.inference_mode():
         clean = head_evidence(model, clean_photo_views(validation, str(args.photos)))
         listed, evidence = case_evidence(model, fit_cases)
-        damaged = evidence[np.array([case.label == 1 for case in listed]) & ~np.isnan(evidence[:, 1])]
+        damaged = evidence[np.array([case.label == 1 for case in listed]) & np.isfinite(evidence[:, 1])]
         rows = fit_shift(clean, damaged, args.target_fpr)
         best = max(rows, key=lambda row: row["caught"])
         test_cases, test_evidence = case_evidence(model, CaseSet(args.cases / "test"))

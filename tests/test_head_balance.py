@@ -24,7 +24,7 @@ def test_unshifted_evidence_is_what_the_served_rule_combines(mini_corpus):
     with torch.inference_mode():
         evidence = head_evidence(model, views)
         served = model.score_views(views)
-    assert np.isnan(evidence[:, 1]).any() and not np.isnan(evidence[:, 1]).all()  # sizes with and without crops
+    assert np.isinf(evidence[:, 1]).any() and not np.isinf(evidence[:, 1]).all()  # sizes with and without crops
     assert np.allclose(shifted(evidence, 0.0), served.margin.numpy(), atol=1e-5)
     unshifted = probabilities(evidence, 0.0, float(model.corrupted_logit_offset), float(model.small_image_offset))
     assert np.allclose(unshifted, served.probabilities[:, 1].numpy(), atol=1e-5)
@@ -43,6 +43,6 @@ def test_the_shift_that_catches_most_at_the_refitted_offset_is_found():
 
 
 def test_images_without_crops_keep_the_small_image_offset():
-    evidence = np.array([[1.0, math.nan], [1.0, 3.0]])
+    evidence = np.array([[1.0, -math.inf], [1.0, 3.0]])
     p = probabilities(evidence, shift=-1.0, offset=-2.0, small_image_offset=0.5)
     assert p == pytest.approx([1 / (1 + math.exp(-1.5)), 1 / (1 + math.exp(0.0))])
