@@ -196,12 +196,13 @@ def same_size_batches(views: Sequence[Views], pixels: int) -> Iterator[list[int]
 
 
 def crop_medians(crops: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Each image's crop evidence: its crops' median calibrated margin, -inf for an image without crops.
+    """Each image's crop evidence: its crops' median calibrated margin, -inf for an image without crops (on the
+    margins' device: a GPU batch mixing photos and small images must not stack CUDA and CPU tensors).
 
     The median, not the maximum: one odd crop (grainy shadow, a flat sky) must not decide, and taking the
     most alarmed of several views multiplies false alarms.
     """
-    return torch.stack([m.quantile(0.5) if len(m) else torch.tensor(float("-inf")) for m in crops])
+    return torch.stack([m.quantile(0.5) if len(m) else torch.tensor(float("-inf"), device=m.device) for m in crops])
 
 
 def combine_margins(whole: torch.Tensor, crops: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

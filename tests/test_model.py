@@ -14,6 +14,7 @@ from detector.model import (
     build_model,
     combine_margins,
     contract,
+    crop_medians,
     is_corrupted,
     load_model,
     read_checkpoint,
@@ -149,6 +150,13 @@ def test_crops_decide_only_when_their_median_is_stronger():
     combined, decided = combine_margins(whole, crops)
     assert decided.tolist() == [False, True, False, False], "one alarmed crop of four does not decide"
     assert combined.tolist() == [0.0, 2.5, 0.0, 1.0]
+
+
+def test_images_without_crops_stay_on_the_margins_device():
+    """A GPU batch mixes photos (crops) and small images (none): every median must be on the margins' device. The
+    meta device stands in for CUDA, which CI lacks; a CPU -inf among meta medians fails as it would among CUDA's."""
+    medians = crop_medians([torch.empty(4, device="meta"), torch.empty(0, device="meta")])
+    assert medians.device.type == "meta" and medians.shape == (2,)
 
 
 def test_the_shipped_checkpoint_fits_this_code():
