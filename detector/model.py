@@ -155,7 +155,7 @@ class CorruptionNet(nn.Module):
         margins, logits = torch.cat([margin for margin, _ in passes]), torch.cat([logit for _, logit in passes])
         spread = torch.zeros(len(margins), len(TYPES), device=margins.device)
         spread[:, self.crop_type_columns] = logits.float().softmax(dim=1)
-        types = [part.mean(dim=0) if len(part) else torch.zeros(len(TYPES)) for part in spread.split(counts)]
+        types = [part.mean(dim=0) if len(part) else spread.new_zeros(len(TYPES)) for part in spread.split(counts)]
         return list(margins.split(counts)), types
 
     def pass_pixels(self) -> int:

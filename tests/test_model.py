@@ -1,7 +1,9 @@
 """The detector's network, how its views combine, and checkpoints that carry (and check) their contract."""
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from detector.backbones import BACKBONES, build_backbone, fold_batch_norms
 from detector.corruptions import TYPES
@@ -14,7 +16,6 @@ from detector.model import (
     build_model,
     combine_margins,
     contract,
-    crop_medians,
     is_corrupted,
     load_model,
     read_checkpoint,
@@ -152,11 +153,17 @@ def test_crops_decide_only_when_their_median_is_stronger():
     assert combined.tolist() == [0.0, 2.5, 0.0, 1.0]
 
 
-def test_images_without_crops_stay_on_the_margins_device():
-    """A GPU batch mixes photos (crops) and small images (none): every median must be on the margins' device. The
-    meta device stands in for CUDA, which CI lacks; a CPU -inf among meta medians fails as it would among CUDA's."""
-    medians = crop_medians([torch.empty(4, device="meta"), torch.empty(0, device="meta")])
-    assert medians.device.type == "meta" and medians.shape == (2,)
+def test_a_batch_mixing_photos_and_small_images_stays_on_the_models_device():
+    """A GPU worker's batch mixes photos (with crops) and small images (none): what stands in for the missing crops
+    (a -inf median, zero type probabilities) must be made on the model's device, or stacking them with the photos'
+    fails. The meta device stands in for CUDA, which CI lacks: a CPU tensor among meta ones fails as among CUDA's."""
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)) for shape in [(300, 400, 3), (48, 64, 3)]]
+    views = [image_to_views(image) for image in images]
+    assert [len(view.crops) > 0 for view in views] == [True, False]
+    with torch.inference_mode():
+        outputs = build_model("efficientnet-lite0").eval().to("meta").score_views(views)
+    assert outputs.probabilities.device.type == "meta" and outputs.types.shape == (2, len(TYPES))
 
 
 def test_the_shipped_checkpoint_fits_this_code():
