@@ -32,7 +32,7 @@ TARGET_PHOTO_DETECTION = 0.90
 TARGET_PHOTO_ACCURACY = 0.95
 PEERS_TO_BEAT = ("laplacian var < 100", "BRISQUE")
 TARGET_CIFAR_FPR = 0.03
-TARGET_CIFAR_DETECTION = 0.97
+TARGET_CIFAR_DETECTION = 0.90
 TARGET_HELDOUT_AUROC = 0.90
 DETECTOR = "detector"
 # The contact sheet of clean photos the detector flags, and its thumbnails' size and number.
