@@ -25,8 +25,6 @@ CIFAR_KINDS = tuple(CIFAR_CORRUPTIONS)
 PHOTO_FAMILIES = tuple(dict.fromkeys(CORRUPTIONS[kind].family for kind in KINDS))
 # How the reports name the visible severities, the targets' ("3-5").
 VISIBLE = f"{VISIBLE_SEVERITIES[0]}-{VISIBLE_SEVERITIES[-1]}"
-# Photo targets: the families the detector must catch at their visible severities (colour has no target).
-TARGET_PHOTO_FAMILIES = tuple(family for family in PHOTO_FAMILIES if family != "colour")
 TARGET_PHOTO_FPR = 0.03
 TARGET_PHOTO_DETECTION = 0.90
 TARGET_PHOTO_ACCURACY = 0.95
@@ -77,7 +75,7 @@ def photo_targets(photos: dict) -> list[tuple[str, str, bool]]:
     detector = photos["scorers"][DETECTOR]
     where, fpr = worst_clean_fpr(detector)
     visible = detector["detection_visible"]
-    weakest = min(TARGET_PHOTO_FAMILIES, key=lambda f: visible[f])
+    weakest = min(PHOTO_FAMILIES, key=lambda f: visible[f])
     rows = [
         (
             f"held-out photos: clean flagged <= {TARGET_PHOTO_FPR:.0%} in every size bucket and at q92 and q80",
