@@ -90,6 +90,7 @@ class Corruption:
     values: tuple[Parameter, ...]
     apply: Callable[[torch.Tensor, Any], torch.Tensor]
     relative: bool = False  # the parameter is a share of the image's shorter side
+    unchanged: float | None = None  # the parameter that leaves an image as it was, where the kind has one
 
     def value(self, severity: float) -> Parameter:
         """The parameter for a severity in [1, 5]: the table's row at 1..5, linear in between.
@@ -367,9 +368,13 @@ CORRUPTIONS: dict[str, Corruption] = {
         ),
         Corruption("jpeg_compression", "compression", "JPEG quality", (30, 22, 15, 10, 6), _jpeg),
         Corruption("jpeg_recompression", "compression", "3 x quality", (45, 35, 25, 18, 12), _jpeg_recompression),
-        Corruption("exposure", "exposure", "linear stops (+/-)", (0.5, 1.0, 2.0, 2.5, 3.0), _exposure),
-        Corruption("low_contrast", "contrast", "contrast kept", (0.75, 0.55, 0.4, 0.3, 0.2), _low_contrast),
-        Corruption("saturation", "colour", "saturation stops (+/-)", (0.8, 1.2, 1.6, 2.0, 2.5), _saturation),
+        Corruption("exposure", "exposure", "linear stops (+/-)", (0.5, 1.0, 2.0, 2.5, 3.0), _exposure, unchanged=0),
+        Corruption(
+            "low_contrast", "contrast", "contrast kept", (0.75, 0.55, 0.4, 0.3, 0.2), _low_contrast, unchanged=1
+        ),
+        Corruption(
+            "saturation", "colour", "saturation stops (+/-)", (0.8, 1.2, 1.6, 2.0, 2.5), _saturation, unchanged=0
+        ),
         Corruption("occlusion", "occlusion", "covered area fraction", (0.05, 0.08, 0.12, 0.2, 0.3), _occlusion),
         Corruption("pixelation", "pixelation", "downscale factor", (3, 4, 6, 10, 16), _pixelation),
     )

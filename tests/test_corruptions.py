@@ -24,6 +24,7 @@ from detector.corruptions import (
     TYPES,
     VISIBLE_SEVERITIES,
     VISIBLE_SEVERITY,
+    apply_seeded,
     camera_jpeg,
     corrupt,
     from_pil,
@@ -161,6 +162,14 @@ def test_exposure_is_in_stops_of_linear_light(photos):
     up, down = 2 ** (1 / GAMMA), 2 ** (-1 / GAMMA)  # one stop of linear light, up or down, on sRGB values
     assert all(min(abs(r - up), abs(r - down)) < 0.015 for r in ratios), ratios
     assert any(r > 1 for r in ratios) and any(r < 1 for r in ratios), "both directions"
+
+
+@pytest.mark.parametrize("kind", [kind for kind, corruption in CORRUPTIONS.items() if corruption.unchanged is not None])
+def test_a_kinds_unchanged_parameter_leaves_the_photo_as_it_was(photos, kind):
+    corruption = CORRUPTIONS[kind]
+    for seed in range(4):  # both directions of the signed kinds, both targets of low contrast
+        assert torch.equal(apply_seeded(corruption.apply, photos[0], corruption.unchanged, seed), photos[0])
+    assert not torch.equal(apply_seeded(corruption.apply, photos[0], corruption.values[0], 0), photos[0])
 
 
 def test_occlusions_reach_corners_and_edges(photos):

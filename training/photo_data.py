@@ -193,8 +193,7 @@ def jitter_clean(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """A clean image under one CLEAN_JITTER_KINDS change, drawn between none and CLEAN_JITTER_REACH of the
     table's severity 1 (the table's own functions, so the jitter is the damage's direction at a harmless size)."""
     corruption = CORRUPTIONS[CLEAN_JITTER_KINDS[int(rng.integers(0, len(CLEAN_JITTER_KINDS)))]]
-    unchanged = 1.0 if corruption.kind == "low_contrast" else 0.0  # contrast is a share kept, the others stops
-    value = unchanged + (corruption.values[0] - unchanged) * rng.uniform(0, CLEAN_JITTER_REACH)
+    value = corruption.unchanged + (corruption.values[0] - corruption.unchanged) * rng.uniform(0, CLEAN_JITTER_REACH)
     return apply_seeded(corruption.apply, image, value, torch_seed(rng))
 
 
