@@ -27,18 +27,18 @@ def test_fit_head_learns_a_margin_from_the_columns_past_the_trunk():
     assert (out[:, 1:].argmax(dim=1) == labels).float().mean() > 0.97
 
 
-def test_a_refit_moves_only_the_heads_and_is_calibrated(trained, mini_corpus, subset, tmp_path):
+@pytest.mark.parametrize("heads", [("whole", "crop"), ("crop",)])
+def test_a_refit_moves_only_the_heads_it_refits_and_is_calibrated(heads, trained, mini_corpus, subset, tmp_path):
     source, out = trained / "model.pt", tmp_path / "refit" / "model.pt"
     data = ["--photos", str(mini_corpus), "--cifar", str(subset / "train"), "--calibration-samples", "32"]
-    head_refit.main(
-        ["--model", str(source), "--out", str(out), "--samples", "48", "--epochs", "2", "--workers", "0", *data]
-    )
+    options = ["--samples", "48", "--epochs", "2", "--workers", "0", "--heads", *heads]
+    head_refit.main(["--model", str(source), "--out", str(out), *options, *data])
     before, after = read_checkpoint(source), read_checkpoint(out)
-    heads = [name for name in after["state_dict"] if name.split(".")[0] in ("whole_head", "crop_head")]
-    assert heads and all(not torch.equal(after["state_dict"][n], before["state_dict"][n]) for n in heads)
+    refitted = [name for name in after["state_dict"] if name.split(".")[0] in {f"{head}_head" for head in heads}]
+    assert refitted and all(not torch.equal(after["state_dict"][n], before["state_dict"][n]) for n in refitted)
     for name, tensor in after["state_dict"].items():
-        if name not in heads and name not in CALIBRATION_BUFFERS:
-            assert torch.equal(tensor, before["state_dict"][name]), f"{name} moved: the trunk is frozen"
+        if name not in refitted and name not in CALIBRATION_BUFFERS:
+            assert torch.equal(tensor, before["state_dict"][name]), f"{name} moved: only {heads} are refitted"
     summary = json.loads((out.parent / "training.json").read_text())
     metadata = after["metadata"]
     assert metadata["head_refit"]["of_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
@@ -47,5 +47,5 @@ def test_a_refit_moves_only_the_heads_and_is_calibrated(trained, mini_corpus, su
     assert float(load_model(out).corrupted_logit_offset) == pytest.approx(
         summary["calibration"]["corrupted_logit_offset"], abs=1e-4
     )
-    assert len(summary["losses"]["whole"]) == len(summary["losses"]["crop"]) == 2
+    assert {head: len(losses) for head, losses in summary["losses"].items()} == dict.fromkeys(heads, 2)
     assert summary["refit_of"] == json.loads((trained / "training.json").read_text()), "what it refitted, recorded"

@@ -36,6 +36,8 @@ from training.photo_data import CifarSamples, CropSamples, PhotoSet, ViewBatches
 
 # Training's per-step share of the whole-view head's loss: two photo batches to one CIFAR batch (training.train.CYCLE).
 PHOTO_WEIGHT, CIFAR_WEIGHT = 2 / 3, 1 / 3
+# The sample streams each head learns from, with their weights in its loss.
+HEAD_STREAMS = {"whole": {"whole": PHOTO_WEIGHT, "cifar": CIFAR_WEIGHT}, "crop": {"crop": 1.0}}
 FIT_BATCH = 512
 
 
@@ -148,6 +150,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, required=True, help="the checkpoint whose heads are refitted")
     parser.add_argument("--out", type=Path, required=True, help="where the refitted model.pt goes")
     parser.add_argument("--extra-cifar", nargs="*", default=[], help="as given to training")
+    parser.add_argument(
+        "--heads", nargs="+", choices=tuple(HEAD_STREAMS), default=list(HEAD_STREAMS), help="the heads refitted"
+    )
     parser.add_argument("--samples", type=int, default=36_000, help="photo whole views, crops and CIFAR images each")
     parser.add_argument("--min-severity", type=float, default=3.0, help="as training.train's")
     parser.add_argument("--seed", type=int, default=21, help="the samples' draws (not a seed the trunk trained on)")
@@ -168,17 +173,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)  # dropout's draws
     model = load_model(args.model)
     photos = PhotoSet.load(str(args.photos), load_split(args.photos, "train"))
     loaders = sample_loaders(args, photos, cifar_training_images(args))
-    features = {
-        name: extract(model, "crop" if name == "crop" else "whole", iter(loader), args.samples)
-        for name, loader in loaders.items()
-    }
-    width = model.trunk.num_features
-    whole_streams = [(features["whole"], PHOTO_WEIGHT), (features["cifar"], CIFAR_WEIGHT)]
-    whole = fit_head(model.whole_head, whole_streams, width, args)
-    crop = fit_head(model.crop_head, [(features["crop"], 1.0)], width, args)
+    losses = {}
+    for head in args.heads:
+        streams = [
+            (extract(model, head, iter(loaders[name]), args.samples), w) for name, w in HEAD_STREAMS[head].items()
+        ]
+        losses[head] = fit_head(getattr(model, f"{head}_head"), streams, model.trunk.num_features, args)
     model.reset_calibration()
     metadata = read_checkpoint(args.model)["metadata"]
     refit = {"of_sha256": sha256(args.model.read_bytes()), "arguments": {k: str(v) for k, v in vars(args).items()}}
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     calibration = recalibrate(args.out, args)
     summary = {
         "head_refit": refit,
-        "losses": {"whole": whole, "crop": crop},
+        "losses": losses,
         "calibration": calibration,
         "refit_of": source_summary(args.model),
     }
