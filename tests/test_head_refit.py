@@ -31,7 +31,7 @@ def test_fit_head_learns_a_margin_from_the_columns_past_the_trunk():
 def test_a_refit_moves_only_the_heads_it_refits_and_is_calibrated(heads, trained, mini_corpus, subset, tmp_path):
     source, out = trained / "model.pt", tmp_path / "refit" / "model.pt"
     data = ["--photos", str(mini_corpus), "--cifar", str(subset / "train"), "--calibration-samples", "32"]
-    options = ["--samples", "48", "--epochs", "2", "--workers", "0", "--heads", *heads]
+    options = ["--samples", "48", "--epochs", "2", "--workers", "0", "--limit", "256", "--heads", *heads]
     head_refit.main(["--model", str(source), "--out", str(out), *options, *data])
     before, after = read_checkpoint(source), read_checkpoint(out)
     refitted = [name for name in after["state_dict"] if name.split(".")[0] in {f"{head}_head" for head in heads}]

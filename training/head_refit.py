@@ -1,11 +1,13 @@
-"""Refit a checkpoint's two linear heads on its own frozen trunk (a linear probe after a weight soup), then
-calibrate it as training calibrates a run.
+"""Refit a checkpoint's linear heads on its own frozen trunk (a linear probe after a weight soup), then calibrate
+it as training calibrates a run.
 
 Why: a uniform soup (training.soup) averages the trunks of its runs and, separately, their heads. Each run's
 head was fitted to that run's trunk, so the averaged head reads features the averaged trunk does not quite
 make. With the trunk frozen the heads' problem is convex (logistic margin plus softmax types): refitting them on
-fresh samples of the same training data aligns them with the soup's features at a few minutes' cost, where a
-run of the trunk costs hours on this machine.
+fresh samples of the same training data aligns them with the soup's features at about half an hour's cost here
+(the trunk's forward pass over the samples), where a run of the trunk costs two hours or more on this machine.
+Refitting v6's heads ranked exposure and colour higher but the held-out photos as a whole no higher (MODEL_CARD,
+Ablations, stop 39).
 
     python -m training.head_refit --model weights/model.pt --out checkpoints/refit/model.pt \
         --extra-cifar data/cifar10-jpeg-q75/train
@@ -31,8 +33,8 @@ from detector.model import DROPOUT, CorruptionNet, load_model, read_checkpoint, 
 from detector.photometry import scene_statistics
 from training.calibrate import add_calibration_arguments, recalibrate
 from training.corpus import sha256
-from training.data import load_clean_images, split_cifar, without_copies_of
 from training.photo_data import CifarSamples, CropSamples, PhotoSet, ViewBatches, WholeViewSamples, load_split
+from training.train import cifar_images
 
 # Training's per-step share of the whole-view head's loss: two photo batches to one CIFAR batch (training.train.CYCLE).
 PHOTO_WEIGHT, CIFAR_WEIGHT = 2 / 3, 1 / 3
@@ -132,13 +134,6 @@ def batch_loss(
     return loss + type_weight * nn.functional.cross_entropy(out[:, 1:], features.types[pick])
 
 
-def cifar_training_images(args: argparse.Namespace) -> torch.Tensor:
-    """The CIFAR images training draws from: the split's training part and --extra-cifar without copies of the
-    validation part (training.train.cifar_images), so calibration stays on images no head learnt from."""
-    train, val = split_cifar(args.cifar, args.cifar_val_fraction, args.cifar_split_seed)
-    return torch.cat([train, *(without_copies_of(load_clean_images(folder), val) for folder in args.extra_cifar)])
-
-
 def source_summary(model: Path) -> dict:
     """The refitted checkpoint's own training.json (its training or soup record), when it has one beside it."""
     log = model.parent / "training.json"
@@ -150,6 +145,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, required=True, help="the checkpoint whose heads are refitted")
     parser.add_argument("--out", type=Path, required=True, help="where the refitted model.pt goes")
     parser.add_argument("--extra-cifar", nargs="*", default=[], help="as given to training")
+    parser.add_argument("--download-root", type=Path, default=Path("data"), help="as given to training")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N CIFAR images (tests)")
     parser.add_argument(
         "--heads", nargs="+", choices=tuple(HEAD_STREAMS), default=list(HEAD_STREAMS), help="the heads refitted"
     )
@@ -176,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)  # dropout's draws
     model = load_model(args.model)
     photos = PhotoSet.load(str(args.photos), load_split(args.photos, "train"))
-    loaders = sample_loaders(args, photos, cifar_training_images(args))
+    loaders = sample_loaders(args, photos, cifar_images(args)[0])  # training's CIFAR images: no copy of validation's
     losses = {}
     for head in args.heads:
         streams = [
