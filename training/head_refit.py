@@ -31,15 +31,18 @@ from torch.utils.data import DataLoader
 
 from detector.model import DROPOUT, CorruptionNet, load_model, read_checkpoint, save_checkpoint
 from detector.photometry import scene_statistics
-from training.calibrate import add_calibration_arguments, recalibrate
+from training.calibrate import add_calibration_arguments, cifar_split_seed, recalibrate
 from training.corpus import sha256
 from training.photo_data import CifarSamples, CropSamples, PhotoSet, ViewBatches, WholeViewSamples, load_split
-from training.train import cifar_images
+from training.train import CYCLE, cifar_images, read_training_log, write_training_log
 
-# Training's per-step share of the whole-view head's loss: two photo batches to one CIFAR batch (training.train.CYCLE).
-PHOTO_WEIGHT, CIFAR_WEIGHT = 2 / 3, 1 / 3
-# The sample streams each head learns from, with their weights in its loss.
-HEAD_STREAMS = {"whole": {"whole": PHOTO_WEIGHT, "cifar": CIFAR_WEIGHT}, "crop": {"crop": 1.0}}
+# Each head's sample streams, weighted as training's cycle weighs them (training.train.CYCLE: two photo batches to one
+# CIFAR batch for the whole-view head).
+WHOLE_STREAMS = ("whole", "cifar")
+HEAD_STREAMS = {
+    "whole": {stream: CYCLE.count(stream) / sum(map(CYCLE.count, WHOLE_STREAMS)) for stream in WHOLE_STREAMS},
+    "crop": {"crop": 1.0},
+}
 FIT_BATCH = 512
 
 
@@ -134,12 +137,6 @@ def batch_loss(
     return loss + type_weight * nn.functional.cross_entropy(out[:, 1:], features.types[pick])
 
 
-def source_summary(model: Path) -> dict:
-    """The refitted checkpoint's own training.json (its training or soup record), when it has one beside it."""
-    log = model.parent / "training.json"
-    return json.loads(log.read_text()) if log.exists() else {}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="the checkpoint whose heads are refitted")
@@ -162,8 +159,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     add_calibration_arguments(parser)
     args = parser.parse_args(argv)
-    if args.cifar_split_seed is None:
-        args.cifar_split_seed = read_checkpoint(args.model)["metadata"].get("cifar_split_seed", 0)
+    args.cifar_split_seed = cifar_split_seed(args.model, args)  # resolved once: trained apart from, calibrated on
     return args
 
 
@@ -189,9 +185,9 @@ def main(argv: list[str] | None = None) -> None:
         "head_refit": refit,
         "losses": losses,
         "calibration": calibration,
-        "refit_of": source_summary(args.model),
+        "refit_of": read_training_log(args.model),
     }
-    (args.out.parent / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_training_log(args.out, summary)
     print(f"saved {args.out}; calibration {json.dumps(calibration)}")
 
 

@@ -21,6 +21,7 @@ import torch
 from detector.model import CALIBRATION_BUFFERS, build_model, read_checkpoint, save_checkpoint
 from training.calibrate import add_calibration_arguments, cifar_split_seed, recalibrate
 from training.corpus import sha256
+from training.train import read_training_log, write_training_log
 
 
 class IngredientMismatchError(ValueError):
@@ -101,9 +102,7 @@ def make_soup(paths: list[Path], out: Path, calibration_split: int | None = None
 
 def ingredient_summary(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     """An ingredient's record and its training.json (arguments, loss history) when it has one beside it."""
-    log = path.parent / "training.json"
-    summary = json.loads(log.read_text()) if log.exists() else {}
-    return {"checkpoint": str(path), **record, **summary}
+    return {"checkpoint": str(path), **record, **read_training_log(path)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     calibration = recalibrate(args.out, args)
     ingredients = [ingredient_summary(path, record) for path, record in zip(args.ingredients, records, strict=True)]
     summary = {"soup_of": ingredients, "cifar_split_seed": args.cifar_split_seed, "calibration": calibration}
-    (args.out.parent / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_training_log(args.out, summary)
     print(f"saved {args.out}; calibration {json.dumps(calibration)}")
 
 

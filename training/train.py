@@ -275,6 +275,17 @@ def cifar_images(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([train, *extra]), val
 
 
+def read_training_log(checkpoint: Path) -> dict:
+    """The training.json beside a checkpoint (a run's, a soup's or a head refit's record), {} when it has none."""
+    log = checkpoint.parent / "training.json"
+    return json.loads(log.read_text()) if log.exists() else {}
+
+
+def write_training_log(checkpoint: Path, summary: dict) -> None:
+    """Write `summary` as the training.json beside `checkpoint`."""
+    (checkpoint.parent / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def batches(loader: DataLoader) -> Iterator:
     """A loader's batches forever (the crop and CIFAR streams are endless; the whole-view sampler restarts)."""
     while True:
@@ -505,7 +516,7 @@ def main(argv: list[str] | None = None) -> None:
             "rank_parameter_checksums": checksums,
             "history": history,
         }
-        (args.out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_training_log(args.out / "model.pt", summary)
         state_path.unlink(missing_ok=True)
         print(f"{step} steps in {minutes} min; saved {args.out / 'model.pt'}; calibration {calibration}")
     if world_size > 1:
